@@ -1,0 +1,48 @@
+"""A subscriber's selection: scope, scope id and key globs, parsed from the query string."""
+from __future__ import annotations
+
+from typing import Mapping
+
+from .errors import ApiError
+from .events import Event
+from .globs import InvalidPattern, KeyMatcher, split_patterns
+from .scopes import check_scope
+from .settings import Settings
+from .store import LogFilter
+
+
+class EventFilter:
+    """Decides whether an event reaches a subscriber; checked for every event it could see."""
+
+    __slots__ = ("scope", "scope_id", "keys", "log")
+
+    def __init__(self, scope: str | None = None, scope_id: str | None = None,
+                 patterns: tuple[str, ...] = ()) -> None:
+        self.scope = scope
+        self.scope_id = scope_id
+        self.keys = KeyMatcher(patterns) if patterns else None
+        self.log = LogFilter(scope, scope_id)
+
+    def __call__(self, event: Event) -> bool:
+        return ((self.scope is None or event.scope == self.scope)
+                and (self.scope_id is None or event.scope_id == self.scope_id)
+                and (self.keys is None or self.keys(event.key)))
+
+
+def from_query(args: Mapping[str, str], settings: Settings) -> EventFilter:
+    """Parse ``scope``, ``scope_id`` and ``patterns``; a bad glob is a 400 before any stream."""
+    raw = args.get("patterns")
+    entries = [p.strip() for p in (raw or "").split(",") if p.strip()]
+    if len(entries) > settings.max_patterns:
+        raise ApiError(400, "too_many_patterns",
+                       f"At most {settings.max_patterns} patterns are allowed; got {len(entries)}.")
+    for entry in entries:
+        if len(entry) > settings.max_pattern_length:
+            raise ApiError(400, "invalid_pattern", f"Pattern '{entry[:40]}…' is longer than "
+                           f"{settings.max_pattern_length} characters.")
+    try:
+        patterns = split_patterns(raw)
+    except InvalidPattern as exc:
+        raise ApiError(400, "invalid_pattern", str(exc)) from None
+    scope_id = (args.get("scope_id") or "").strip() or None
+    return EventFilter(check_scope(args.get("scope")), scope_id, patterns)

@@ -1,0 +1,60 @@
+"""Which scope a request means: explicit ``scope``/``scope_id``, else the ``X-*-ID`` headers."""
+from __future__ import annotations
+
+from typing import Mapping
+
+from .errors import ApiError
+
+SCOPES = ("workflow", "session", "actor", "global")
+_HEADERS = {"workflow": "X-Workflow-ID", "session": "X-Session-ID", "actor": "X-Actor-ID"}
+
+
+def _text(value: object, field: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ApiError(400, f"invalid_{field}", f"'{field}' must be a string.")
+    return value.strip() or None
+
+
+def check_scope(scope: object) -> str | None:
+    """Validate an optional scope name; ``None`` means "not given"."""
+    name = _text(scope, "scope")
+    if name is not None and name not in SCOPES:
+        raise ApiError(400, "invalid_scope",
+                       f"Unknown scope '{name}'; use one of: {', '.join(SCOPES)}.")
+    return name
+
+
+def _header_id(scope: str, headers: Mapping[str, str]) -> str | None:
+    if scope == "global":
+        return "global"
+    return (headers.get(_HEADERS[scope]) or "").strip() or None
+
+
+def explicit(scope: str, scope_id: object, headers: Mapping[str, str]) -> tuple[str, str]:
+    """A named scope with its id from the body/query, else from that scope's header."""
+    if scope == "global":
+        return "global", "global"
+    sid = _text(scope_id, "scope_id") or _header_id(scope, headers)
+    if sid is None:
+        raise ApiError(400, "missing_scope_id",
+                       f"Scope '{scope}' needs 'scope_id' or the {_HEADERS[scope]} header.")
+    return scope, sid
+
+
+def candidates(scope: object, scope_id: object,
+               headers: Mapping[str, str]) -> list[tuple[str, str]]:
+    """Scopes to look in, most specific first.
+
+    With an explicit scope that is the only one; otherwise every scope whose header is present,
+    in the order workflow, session, actor, then global. A write uses the first, a read the first
+    that holds the key.
+    """
+    name = check_scope(scope)
+    if name is not None:
+        return [explicit(name, scope_id, headers)]
+    if _text(scope_id, "scope_id") is not None:
+        raise ApiError(400, "missing_scope", "'scope_id' was given without 'scope'.")
+    found = [(s, sid) for s in SCOPES if (sid := _header_id(s, headers)) is not None]
+    return found

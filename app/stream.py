@@ -1,0 +1,151 @@
+"""The stream core shared by SSE and WebSocket: subscribe, replay, live, heartbeat, end.
+
+A transport iterates a ``Stream`` and turns each item into its own framing; it writes
+synchronously, so when the iteration resumes after a ``Batch`` the batch has been written.
+Subscribing comes first, replay second, and live events already replayed are dropped by id, so
+a resumed stream has no gap and no duplicate even while writers are busy.
+"""
+from __future__ import annotations
+
+import queue
+import random
+import time
+from dataclasses import dataclass
+from typing import Iterator, Union
+
+from .broker import Close
+from .events import Event
+from .filters import EventFilter
+from .metrics import DELIVERED, DELIVERY_SECONDS, DISCONNECTS, SUBSCRIBERS
+
+REPLAY_PAGE = 500
+BATCH_MAX = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """The subscription exists: a change committed from now on will be delivered."""
+
+
+@dataclass(frozen=True, slots=True)
+class Idle:
+    """Nothing was written for a heartbeat interval."""
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    events: list[Event]
+
+
+@dataclass(frozen=True, slots=True)
+class Reset:
+    """The resume point is gone; the client must resync from ``/memory/list``."""
+    reason: str
+    oldest_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class End:
+    """The stream ends here; the client resumes after ``last_id``."""
+    reason: str
+    last_id: int
+
+
+Item = Union[Opened, Idle, Batch, Reset, End]
+
+
+class Stream:
+    def __init__(self, service: "Service", selection: EventFilter,  # noqa: F821
+                 last_event_id: int | None, transport: str) -> None:
+        self.service = service
+        self.selection = selection
+        self.last_event_id = last_event_id
+        self.transport = transport
+
+    def __iter__(self) -> Iterator[Item]:
+        service, settings = self.service, self.service.settings
+        service.follower.ensure_running()
+        subscriber = service.broker.subscribe(self.selection, self.transport)
+        SUBSCRIBERS.labels(self.transport).inc()
+        reason = "client"
+        lifetime = settings.stream_max_seconds * random.uniform(0.8, 1.0)
+        deadline = time.monotonic() + lifetime
+        try:
+            yield Opened()
+            floor = subscriber.start_id
+            sent: int | None = None
+            if self.last_event_id is not None:
+                for item in self._replay(floor):
+                    yield item
+                    if isinstance(item, Batch):
+                        sent = item.events[-1].id
+                        self._delivered(item.events)
+                floor = max(floor, self.last_event_id)
+            while True:
+                wait = min(settings.heartbeat_seconds, deadline - time.monotonic())
+                if wait <= 0:
+                    reason = "lifetime"
+                    yield End(reason, subscriber.start_id if sent is None else sent)
+                    return
+                try:
+                    item = subscriber.queue.get(timeout=wait)
+                except queue.Empty:
+                    if time.monotonic() < deadline:
+                        yield Idle()
+                    continue
+                batch, close = self._drain(subscriber.queue, item, floor)
+                if batch:
+                    yield Batch(batch)
+                    sent = batch[-1].id
+                    self._delivered(batch)
+                if close is not None:
+                    reason = close.reason
+                    yield End(reason, subscriber.start_id if sent is None else sent)
+                    return
+        finally:
+            service.broker.unsubscribe(subscriber)
+            SUBSCRIBERS.labels(self.transport).dec()
+            DISCONNECTS.labels(reason).inc()
+
+    def _replay(self, upto: int) -> Iterator[Item]:
+        """Logged events after ``last_event_id`` up to where live delivery starts."""
+        store, cursor = self.service.store, self.last_event_id
+        assert cursor is not None
+        if cursor < store.trimmed_through():
+            yield Reset("history_trimmed", store.oldest_id())
+            return
+        if cursor > upto and cursor > store.head_id():
+            yield Reset("unknown_last_event_id", store.oldest_id())
+            return
+        while cursor < upto:
+            page = store.events(cursor, REPLAY_PAGE, upto_id=upto, where=self.selection.log)
+            if not page:
+                return
+            cursor = page[-1].id
+            matching = [event for event in page if self.selection(event)]
+            if matching:
+                yield Batch(matching)
+
+    @staticmethod
+    def _drain(waiting: "queue.Queue[Event | Close]", first: Event | Close,
+               floor: int) -> tuple[list[Event], Close | None]:
+        """Everything already queued, so a subscriber that fell behind gets one write."""
+        batch: list[Event] = []
+        item: Event | Close = first
+        while True:
+            if isinstance(item, Close):
+                return batch, item
+            if item.id > floor:
+                batch.append(item)
+            if len(batch) >= BATCH_MAX:
+                return batch, None
+            try:
+                item = waiting.get_nowait()
+            except queue.Empty:
+                return batch, None
+
+    def _delivered(self, events: list[Event]) -> None:
+        now = time.time()
+        DELIVERED.labels(self.transport).inc(len(events))
+        for event in events:
+            DELIVERY_SECONDS.observe(max(0.0, now - event.epoch))

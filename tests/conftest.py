@@ -1,0 +1,142 @@
+"""Real servers for real clients: each test starts gunicorn on a free loopback port."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+GUNICORN = [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), "wsgi:app"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(check: Callable[[], object], timeout: float = 10.0, interval: float = 0.02,
+               message: str = "condition") -> object:
+    """Poll ``check`` until it returns something truthy, or fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+class Server:
+    """A gunicorn process serving ``wsgi:app`` with its own settings and database."""
+
+    def __init__(self, db_url: str, env: dict[str, str] | None = None, workers: int = 1,
+                 worker_class: str = "gevent", port: int | None = None,
+                 log_path: Path | None = None) -> None:
+        self.db_url = db_url
+        self.env = dict(env or {})
+        self.workers = workers
+        self.worker_class = worker_class
+        self.port = port or free_port()
+        self.log_path = log_path
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "Server":
+        env = {**os.environ, "MEMORY_DB_URL": self.db_url, **self.env}
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        args = GUNICORN + ["-b", f"127.0.0.1:{self.port}", "-w", str(self.workers),
+                           "-k", self.worker_class]
+        if self.worker_class == "gthread":
+            args += ["--threads", "32"]
+        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        self.process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+        wait_until(self._ready, timeout=30, message=f"server on port {self.port}")
+        return self
+
+    def _ready(self) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            raise AssertionError(f"server exited with {self.process.returncode}; "
+                                 f"log: {self.log_path}")
+        try:
+            return requests.get(self.url + "/readyz", timeout=1).status_code == 200
+        except requests.ConnectionError:
+            return False
+
+    def send(self, sig: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(sig)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        """Send ``sig`` and wait for the server to exit; returns its exit code."""
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else 0
+        self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            return self.process.wait(5)
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group: master and every worker at once."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+
+    def metric(self, name: str, **labels: str) -> float:
+        """One sample from ``/metrics`` (0 when absent)."""
+        wanted = name + ("{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}"
+                         if labels else "")
+        for line in requests.get(self.url + "/metrics", timeout=5).text.splitlines():
+            if line.startswith(wanted + " "):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+
+def _postgres_available() -> bool:
+    return False
+
+
+STORES = ["sqlite"] + (["postgres"] if _postgres_available() else [])
+
+
+@pytest.fixture(params=STORES)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty database for one test, on every store the machine can run."""
+    return f"sqlite:///{tmp_path}/memory.db"
+
+
+@pytest.fixture
+def server_factory(db_url: str, tmp_path: Path) -> Iterator[Callable[..., Server]]:
+    """Start servers on the test's database; every one is stopped when the test ends."""
+    started: list[Server] = []
+
+    def start(**kwargs: object) -> Server:
+        kwargs.setdefault("db_url", db_url)
+        kwargs.setdefault("log_path", tmp_path / f"server-{len(started)}.log")
+        server = Server(**kwargs)  # type: ignore[arg-type]
+        started.append(server)
+        return server.start()
+
+    yield start
+    for server in started:
+        server.kill()
+
+
+@pytest.fixture
+def server(server_factory: Callable[..., Server]) -> Server:
+    return server_factory(env={"MEMORY_HEARTBEAT_SECONDS": "0.5"})

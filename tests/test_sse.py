@@ -1,0 +1,62 @@
+"""The SSE stream against a real gunicorn: the control plane's stream bug report, ported."""
+from __future__ import annotations
+
+import pytest
+import requests
+
+from .conftest import Server, wait_until
+from .sse import SSEClient
+
+
+def put(server: Server, key: str, data: object, **extra: object) -> dict:
+    response = requests.post(server.url + "/api/v1/memory/set",
+                             json={"key": key, "data": data, **extra}, timeout=5)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+@pytest.mark.parametrize("worker_class", ["gevent", "gthread"])
+def test_filtered_stream_opens_at_once_and_delivers_only_matches(server_factory, worker_class):
+    server = server_factory(worker_class=worker_class, env={"MEMORY_HEARTBEAT_SECONDS": "30"})
+    with SSEClient(server.url + "/api/v1/memory/events/sse",
+                   params={"patterns": "match.*"}) as stream:
+        assert stream.response.status_code == 200
+        assert stream.response.headers["Content-Type"].startswith("text/event-stream")
+        assert stream.response.headers["Cache-Control"] == "no-cache"
+        assert stream.response.headers["X-Accel-Buffering"] == "no"
+        first = stream.next(timeout=2)
+        assert first.comments == ["connected"] and first.retry is not None
+        put(server, "skip.this", 1)
+        put(server, "match.foo", {"n": 2})
+        event = stream.next_event(timeout=5)
+        assert event.event == "message"
+        assert event.json["key"] == "match.foo"
+        assert event.json["data"] == {"n": 2}
+        assert event.id == event.json["id"]
+
+
+def test_invalid_pattern_is_refused_before_any_stream(server):
+    response = requests.get(server.url + "/api/v1/memory/events/sse",
+                            params={"patterns": "[invalid"}, timeout=5)
+    assert response.status_code == 400
+    body = response.json()
+    assert body["error"] == "invalid_pattern" and body["code"] == 400
+    assert "[invalid" in body["message"]
+
+
+@pytest.mark.parametrize("worker_class", ["gevent", "gthread"])
+def test_disconnected_client_is_unsubscribed(server_factory, worker_class):
+    server = server_factory(worker_class=worker_class, env={"MEMORY_HEARTBEAT_SECONDS": "0.2"})
+    stream = SSEClient(server.url + "/api/v1/memory/events/sse", params={"patterns": "none.*"})
+    stream.next(timeout=2)
+    assert server.metric("memory_events_subscribers", transport="sse") == 1
+    stream.close()
+    wait_until(lambda: server.metric("memory_events_subscribers", transport="sse") == 0,
+               timeout=5, message="the subscriber gauge to drop to zero")
+    assert server.metric("memory_events_disconnects_total", reason="client") == 1
+
+
+def test_keepalive_after_silence(server):
+    with SSEClient(server.url + "/api/v1/memory/events/sse") as stream:
+        stream.next(timeout=2)
+        assert stream.next(timeout=3).comments == ["keepalive"]
