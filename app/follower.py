@@ -43,6 +43,7 @@ class Follower:
             if self._pid == os.getpid():
                 return
             self.broker.head_id = self.store.head_id()
+            self.store.watch(self.wake)
             threading.Thread(target=self._run, name="memory-log-follower", daemon=True).start()
             self._pid = os.getpid()
 

@@ -1,24 +1,48 @@
 """The service one app instance runs: settings, store, broker and log follower, wired once."""
 from __future__ import annotations
 
+import threading
+
 from flask import current_app
 
 from .broker import Broker
 from .follower import Follower
 from .metrics import PUBLISHED
 from .settings import Settings
-from .store import Record, open_store
+from .store import Record, Store, open_store
 
 EXTENSION = "memory_events"
 
 
 class Service:
+    """Opens the store on first use, so commands that never touch it (a tail of a remote
+    server, ``--help``) create no database, and nothing opened here crosses a fork."""
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.store = open_store(settings.db_url)
         self.broker = Broker(0, settings.subscriber_queue)
-        self.follower = Follower(self.store, self.broker, settings.poll_seconds,
-                                 settings.retention_hours * 3600.0)
+        self._opening = threading.Lock()
+        self._store: Store | None = None
+        self._follower: Follower | None = None
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            with self._opening:
+                if self._store is None:
+                    self._store = open_store(self.settings.db_url)
+        return self._store
+
+    @property
+    def follower(self) -> Follower:
+        if self._follower is None:
+            with self._opening:
+                if self._follower is None:
+                    self._follower = Follower(
+                        self.store, self.broker,
+                        self.settings.poll_seconds or self.store.poll_seconds,
+                        self.settings.retention_hours * 3600.0)
+        return self._follower
 
     def set(self, scope: str, scope_id: str, key: str, data: str,
             agent_id: str, workflow_id: str) -> Record:

@@ -15,7 +15,7 @@ class Settings:
     api_key: str | None = None
     cors_origins: tuple[str, ...] = ()
     stream_max_seconds: float = 3600.0
-    poll_seconds: float = 0.05
+    poll_seconds: float | None = None
     max_body_bytes: int = 1_048_576
     max_key_length: int = 512
     max_value_bytes: int = 262_144

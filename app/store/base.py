@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from ..events import Event, dump, utc_text
 
@@ -66,6 +66,8 @@ class SqlStore:
     param = "?"
     #: the id column's type in ``CREATE TABLE events``
     id_type = "INTEGER"
+    #: how often a follower looks for writes it was not told about (other processes)
+    poll_seconds = 0.05
 
     # -- provided by each database -----------------------------------------------------------
     @contextmanager
@@ -84,6 +86,10 @@ class SqlStore:
 
     def close(self) -> None:
         raise NotImplementedError
+
+    def watch(self, wake: Callable[[], None]) -> None:
+        """Call ``wake`` when another process may have written. Without such a signal (SQLite)
+        the follower's poll finds those writes."""
 
     # -- shared ------------------------------------------------------------------------------
     def _sql(self, text: str) -> str:
