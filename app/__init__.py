@@ -5,10 +5,12 @@ from typing import Any, Mapping
 
 from flask import Flask
 
+from .cli import events_cli
 from .errors import error_response, register_error_handlers
 from .events_api import events, sock
 from .memory_api import memory
 from .ops import ops
+from .page import page
 from .security import install_cors
 from .service import EXTENSION, Service
 from .settings import Settings
@@ -37,4 +39,6 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(memory, url_prefix=API_PREFIX)
     app.register_blueprint(events, url_prefix=API_PREFIX)
     app.register_blueprint(ops)
+    app.cli.add_command(events_cli)
+    app.register_blueprint(page)
     return app

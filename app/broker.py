@@ -6,11 +6,11 @@ its queue is emptied (so a frozen reader holds no memory) and it is told to end 
 """
 from __future__ import annotations
 
-import queue
 import threading
 import weakref
+from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable
 
 from .events import Event
 
@@ -22,23 +22,47 @@ class Close:
 
 
 class Subscriber:
-    __slots__ = ("accepts", "queue", "start_id", "transport", "closed", "__weakref__")
+    """One stream's mailbox: events in log order, at most ``maxsize`` waiting.
+
+    A deque under a condition rather than ``queue.Queue``: a batch goes in with one lock and one
+    wake-up, the reader takes everything waiting in one call, and it behaves the same whether
+    ``threading`` is real or patched by gevent.
+    """
+
+    __slots__ = ("accepts", "start_id", "transport", "_maxsize", "_items", "_ready", "__weakref__")
 
     def __init__(self, accepts: Callable[[Event], bool], maxsize: int, start_id: int,
                  transport: str) -> None:
         self.accepts = accepts
-        self.queue: queue.Queue[Event | Close] = queue.Queue(maxsize)
         self.start_id = start_id
         self.transport = transport
-        self.closed = False
+        self._maxsize = maxsize
+        self._items: deque[Event | Close] = deque()
+        self._ready = threading.Condition(threading.Lock())
+
+    def offer(self, events: list[Event]) -> bool:
+        """Queue ``events``, or nothing and ``False`` if more than ``maxsize`` would wait."""
+        with self._ready:
+            if len(self._items) + len(events) > self._maxsize:
+                return False
+            self._items.extend(events)
+            self._ready.notify()
+            return True
 
     def close(self, reason: str) -> None:
-        """Drop what is waiting and queue the end; called with the broker's lock held."""
-        self.closed = True
-        with self.queue.mutex:
-            self.queue.queue.clear()
-            self.queue.unfinished_tasks = 0
-        self.queue.put_nowait(Close(reason))
+        """Drop what is waiting (a stuck reader holds no memory) and queue the end."""
+        with self._ready:
+            self._items.clear()
+            self._items.append(Close(reason))
+            self._ready.notify()
+
+    def take(self, timeout: float, limit: int) -> list[Event | Close]:
+        """Up to ``limit`` waiting items, waiting at most ``timeout`` for the first."""
+        with self._ready:
+            if not self._items:
+                self._ready.wait(timeout)
+            items = self._items
+            return [items.popleft() for _ in range(min(limit, len(items)))]
 
 
 class Broker:
@@ -63,22 +87,19 @@ class Broker:
         with self._lock:
             self._subscribers.discard(subscriber)
 
-    def publish(self, events: Iterable[Event]) -> None:
+    def publish(self, events: list[Event]) -> None:
         """Hand events, in log order, to every subscriber whose filter accepts them."""
         overflowed: list[Subscriber] = []
         with self._lock:
-            for event in events:
-                for subscriber in self._subscribers:
-                    if subscriber.closed or not subscriber.accepts(event):
-                        continue
-                    try:
-                        subscriber.queue.put_nowait(event)
-                    except queue.Full:
-                        subscriber.close("overflow")
-                        overflowed.append(subscriber)
-                self.head_id = event.id
+            for subscriber in self._subscribers:
+                accepted = [event for event in events if subscriber.accepts(event)]
+                if accepted and not subscriber.offer(accepted):
+                    subscriber.close("overflow")
+                    overflowed.append(subscriber)
             for subscriber in overflowed:
                 self._subscribers.discard(subscriber)
+            if events:
+                self.head_id = events[-1].id
 
     def close_all(self, reason: str) -> None:
         """End every stream of this broker (graceful shutdown)."""

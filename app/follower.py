@@ -17,7 +17,7 @@ from .store import Store, StoreUnavailable
 log = logging.getLogger(__name__)
 
 BATCH = 500
-TRIM_EVERY_SECONDS = 60.0
+TRIM_EVERY_SECONDS = 60.0  # or a quarter of the retention, when that is shorter
 
 
 class Follower:
@@ -78,7 +78,7 @@ class Follower:
         now = time.time()
         if now < self._next_trim:
             return
-        self._next_trim = now + TRIM_EVERY_SECONDS
+        self._next_trim = now + min(TRIM_EVERY_SECONDS, self.retention_seconds / 4)
         removed = self.store.trim(now - self.retention_seconds)
         if removed:
             log.info("retention removed %d events", removed)

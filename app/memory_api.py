@@ -1,9 +1,11 @@
 """``/memory/set|get|delete|list``: the control plane's memory API."""
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from flask import Blueprint, Response, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from .errors import ApiError
 from .events import dump
@@ -20,10 +22,31 @@ def _json(body: str, status: int = 200) -> Response:
     return Response(body, status=status, mimetype="application/json")
 
 
+def _raw_body() -> bytes:
+    """The request body. Werkzeug hands over only the first ``MAX_CONTENT_LENGTH`` bytes of a
+    chunked body (no Content-Length), so one byte more is looked for to refuse it as too large."""
+    raw = request.get_data(cache=True)
+    limit = request.max_content_length
+    if (request.content_length is None and limit is not None and len(raw) >= limit
+            and request.environ["wsgi.input"].read(1)):
+        raise RequestEntityTooLarge()
+    return raw
+
+
+def _not_json(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
 def _body() -> dict[str, Any]:
-    body = request.get_json(force=True, silent=True)
-    if body is None and request.get_data(cache=True).strip() != b"null":
-        raise ApiError(400, "invalid_json", "The request body must be a JSON object.")
+    """The body as a JSON object. Python's parser also takes ``NaN`` and ``Infinity``, which
+    other clients could not read back, and fails on deep nesting with ``RecursionError``; both
+    are the caller's mistake, answered 400."""
+    try:
+        body = json.loads(_raw_body(), parse_constant=_not_json)
+    except RecursionError:
+        raise ApiError(400, "invalid_json", "The request body is nested too deeply.") from None
+    except ValueError:
+        raise ApiError(400, "invalid_json", "The request body must be a JSON object.") from None
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_body", "The request body must be a JSON object.")
     return body

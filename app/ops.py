@@ -1,9 +1,9 @@
-"""``/healthz``, ``/readyz`` and ``/metrics``: open, outside the API key."""
+"""``/healthz``, ``/readyz``, ``/metrics`` and ``/openapi.json``: open, outside the API key."""
 from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
-from . import metrics
+from . import metrics, openapi
 from .service import current_service
 from .store import StoreUnavailable
 
@@ -29,3 +29,8 @@ def readyz() -> tuple[Response, int]:
 def metrics_text() -> Response:
     body, content_type = metrics.render()
     return Response(body, content_type=content_type)
+
+
+@ops.get("/openapi.json")
+def openapi_json() -> Response:
+    return jsonify(openapi.build(current_service().settings))

@@ -47,12 +47,16 @@ def same_origin_or_allowed(origin: str) -> bool:
 def install_cors(app: Flask) -> None:
     @app.after_request
     def _cors(response: Response) -> Response:
-        origin = (request.headers.get("Origin") or "").rstrip("/")
         allowed = current_service().settings.cors_origins
-        if not origin or origin not in allowed:
+        if not allowed:
+            return response
+        # The answer depends on the Origin even when it grants nothing, so no cache may hand
+        # one origin's answer to another.
+        response.vary.add("Origin")
+        origin = (request.headers.get("Origin") or "").rstrip("/")
+        if origin not in allowed:
             return response
         response.headers["Access-Control-Allow-Origin"] = origin
-        response.vary.add("Origin")
         if request.method == "OPTIONS":
             response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
             response.headers["Access-Control-Allow-Headers"] = CORS_HEADERS

@@ -7,7 +7,6 @@ a resumed stream has no gap and no duplicate even while writers are busy.
 """
 from __future__ import annotations
 
-import queue
 import random
 import time
 from dataclasses import dataclass
@@ -75,25 +74,28 @@ class Stream:
             floor = subscriber.start_id
             sent: int | None = None
             if self.last_event_id is not None:
+                resumed = True
                 for item in self._replay(floor):
                     yield item
                     if isinstance(item, Batch):
                         sent = item.events[-1].id
                         self._delivered(item.events)
-                floor = max(floor, self.last_event_id)
+                    resumed = not isinstance(item, Reset)
+                if resumed:  # a client ahead of this follower: skip what it already has
+                    floor = max(floor, self.last_event_id)
             while True:
                 wait = min(settings.heartbeat_seconds, deadline - time.monotonic())
                 if wait <= 0:
                     reason = "lifetime"
                     yield End(reason, subscriber.start_id if sent is None else sent)
                     return
-                try:
-                    item = subscriber.queue.get(timeout=wait)
-                except queue.Empty:
+                items = subscriber.take(wait, BATCH_MAX)
+                if not items:
                     if time.monotonic() < deadline:
                         yield Idle()
                     continue
-                batch, close = self._drain(subscriber.queue, item, floor)
+                batch = [item for item in items if isinstance(item, Event) and item.id > floor]
+                close = items[-1] if isinstance(items[-1], Close) else None
                 if batch:
                     yield Batch(batch)
                     sent = batch[-1].id
@@ -125,24 +127,6 @@ class Stream:
             matching = [event for event in page if self.selection(event)]
             if matching:
                 yield Batch(matching)
-
-    @staticmethod
-    def _drain(waiting: "queue.Queue[Event | Close]", first: Event | Close,
-               floor: int) -> tuple[list[Event], Close | None]:
-        """Everything already queued, so a subscriber that fell behind gets one write."""
-        batch: list[Event] = []
-        item: Event | Close = first
-        while True:
-            if isinstance(item, Close):
-                return batch, item
-            if item.id > floor:
-                batch.append(item)
-            if len(batch) >= BATCH_MAX:
-                return batch, None
-            try:
-                item = waiting.get_nowait()
-            except queue.Empty:
-                return batch, None
 
     def _delivered(self, events: list[Event]) -> None:
         now = time.time()

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -72,8 +75,8 @@ class Server:
             raise AssertionError(f"server exited with {self.process.returncode}; "
                                  f"log: {self.log_path}")
         try:
-            return requests.get(self.url + "/readyz", timeout=1).status_code == 200
-        except requests.ConnectionError:
+            return requests.get(self.url + "/readyz", timeout=2).status_code == 200
+        except requests.RequestException:
             return False
 
     def send(self, sig: int) -> None:
@@ -107,17 +110,109 @@ class Server:
         return 0.0
 
 
+def _postgres_bin() -> Path | None:
+    """Where ``initdb``, ``pg_ctl`` and ``postgres`` are: on the PATH, else Debian's newest."""
+    on_path = shutil.which("initdb")
+    if on_path:
+        return Path(on_path).parent
+    debian = [p.parent for p in Path("/usr/lib/postgresql").glob("*/bin/initdb")]
+    debian.sort(key=lambda bin_dir: int(bin_dir.parent.name) if bin_dir.parent.name.isdigit()
+                else 0)
+    return debian[-1] if debian else None
+
+
+POSTGRES_BIN = _postgres_bin()
+
+
 def _postgres_available() -> bool:
-    return False
+    """CI sets ``MEMORY_TEST_REQUIRE_POSTGRES=1`` so a missing server fails the run instead of
+    quietly proving everything on SQLite alone."""
+    if POSTGRES_BIN is None and os.environ.get("MEMORY_TEST_REQUIRE_POSTGRES") == "1":
+        raise RuntimeError("MEMORY_TEST_REQUIRE_POSTGRES=1 but no PostgreSQL server binaries "
+                           "(initdb) were found; install them (Debian: apt-get install postgresql)")
+    return POSTGRES_BIN is not None
 
 
 STORES = ["sqlite"] + (["postgres"] if _postgres_available() else [])
 
 
+class PostgresCluster:
+    """A private PostgreSQL server in a temporary directory, on a free loopback port.
+
+    Its databases collate text in natural-language order (ICU, as a production server's locale
+    usually does), so nothing passes here only because the test server happens to sort bytes.
+    """
+
+    def __init__(self, bin_dir: Path) -> None:
+        self.bin_dir = bin_dir
+        self.directory = Path(tempfile.mkdtemp(prefix="memory-events-pg-"))
+        self.data = self.directory / "data"
+        self.port = free_port()
+        if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+            shutil.chown(self.directory, "postgres", "postgres")
+        self._as_owner(["initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust",
+                        "--encoding=UTF8", "--locale=C", "--locale-provider=icu",
+                        "--icu-locale=en-US", "--no-sync"])
+        with open(self.data / "postgresql.conf", "a") as conf:
+            conf.write(f"port = {self.port}\n"
+                       "listen_addresses = '127.0.0.1'\n"
+                       f"unix_socket_directories = '{self.directory}'\n"
+                       "max_connections = 300\n"
+                       "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n")
+
+    def _as_owner(self, args: list[str], check: bool = True) -> None:
+        runuser = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        command = runuser + [str(self.bin_dir / args[0])] + args[1:]
+        result = subprocess.run(command, cwd=self.directory, capture_output=True, text=True)
+        if check and result.returncode != 0:
+            raise AssertionError(f"{' '.join(command)} failed: {result.stdout}{result.stderr}")
+
+    def start(self) -> None:
+        self._as_owner(["pg_ctl", "-D", str(self.data), "-l", str(self.directory / "server.log"),
+                        "-w", "start"])
+
+    def stop(self, check: bool = True) -> None:
+        self._as_owner(["pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop"], check)
+
+    def destroy(self) -> None:
+        """Stop the server if it runs and remove every file it had."""
+        self.stop(check=False)
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def url(self, database: str) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def execute(self, sql: str) -> list[tuple]:
+        """One statement on the maintenance database, outside any transaction."""
+        import psycopg
+        with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
+            cur = conn.execute(sql)
+            return cur.fetchall() if cur.description else []
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    """Started once, by the first test that needs PostgreSQL."""
+    assert POSTGRES_BIN is not None
+    cluster = PostgresCluster(POSTGRES_BIN)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
 @pytest.fixture(params=STORES)
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A fresh, empty database for one test, on every store the machine can run."""
-    return f"sqlite:///{tmp_path}/memory.db"
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/memory.db"
+        return
+    cluster: PostgresCluster = request.getfixturevalue("postgres_cluster")
+    name = f"test_{uuid.uuid4().hex}"
+    cluster.execute(f"CREATE DATABASE {name}")
+    yield cluster.url(name)
+    cluster.execute(f"DROP DATABASE {name} WITH (FORCE)")
 
 
 @pytest.fixture

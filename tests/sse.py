@@ -6,8 +6,10 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import requests
+import urllib3
 
 
 @dataclass
@@ -37,11 +39,22 @@ class SSEClient:
         if self.response.status_code == 200:
             threading.Thread(target=self._read, daemon=True).start()
 
+    def _lines(self) -> Iterator[str]:
+        """Lines as soon as they arrive: ``read1`` returns whatever bytes are there."""
+        pending = b""
+        while True:
+            chunk = self.response.raw.read1(1 << 16)
+            if not chunk:
+                return
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                yield line.rstrip(b"\r").decode()
+
     def _read(self) -> None:
         frame = Frame()
         try:
-            for raw in self.response.iter_lines(chunk_size=1, decode_unicode=False):
-                line = raw.decode()
+            for line in self._lines():
                 if line == "":
                     self.frames.put(frame)
                     frame = Frame()
@@ -58,7 +71,7 @@ class SSEClient:
                         frame.id = value
                     elif name == "retry":
                         frame.retry = int(value)
-        except (requests.RequestException, ValueError, AttributeError):
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError, ValueError):
             pass
         finally:
             self.closed.set()

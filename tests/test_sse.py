@@ -4,15 +4,9 @@ from __future__ import annotations
 import pytest
 import requests
 
-from .conftest import Server, wait_until
+from .api import put
+from .conftest import wait_until
 from .sse import SSEClient
-
-
-def put(server: Server, key: str, data: object, **extra: object) -> dict:
-    response = requests.post(server.url + "/api/v1/memory/set",
-                             json={"key": key, "data": data, **extra}, timeout=5)
-    assert response.status_code == 200, response.text
-    return response.json()
 
 
 @pytest.mark.parametrize("worker_class", ["gevent", "gthread"])
@@ -26,8 +20,8 @@ def test_filtered_stream_opens_at_once_and_delivers_only_matches(server_factory,
         assert stream.response.headers["X-Accel-Buffering"] == "no"
         first = stream.next(timeout=2)
         assert first.comments == ["connected"] and first.retry is not None
-        put(server, "skip.this", 1)
-        put(server, "match.foo", {"n": 2})
+        put(server.url, "skip.this", 1)
+        put(server.url, "match.foo", {"n": 2})
         event = stream.next_event(timeout=5)
         assert event.event == "message"
         assert event.json["key"] == "match.foo"

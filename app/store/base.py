@@ -45,11 +45,12 @@ _EVENT_COLUMNS = ("id, epoch, scope, scope_id, key, action, data, previous_data,
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS memory (
-        scope TEXT NOT NULL, scope_id TEXT NOT NULL, key TEXT NOT NULL, data TEXT NOT NULL,
+        scope TEXT{collate} NOT NULL, scope_id TEXT{collate} NOT NULL,
+        key TEXT{collate} NOT NULL, data TEXT NOT NULL,
         created_at DOUBLE PRECISION NOT NULL, updated_at DOUBLE PRECISION NOT NULL,
         PRIMARY KEY (scope, scope_id, key))""",
     """CREATE TABLE IF NOT EXISTS events (
-        id {id_type} PRIMARY KEY, epoch DOUBLE PRECISION NOT NULL,
+        id {id_column}, epoch DOUBLE PRECISION NOT NULL,
         scope TEXT NOT NULL, scope_id TEXT NOT NULL, key TEXT NOT NULL, action TEXT NOT NULL,
         data TEXT, previous_data TEXT, agent_id TEXT NOT NULL, workflow_id TEXT NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS events_scope ON events (scope, scope_id, id)",
@@ -64,8 +65,10 @@ class SqlStore:
 
     #: placeholder style of the driver, ``?`` or ``%s``
     param = "?"
-    #: the id column's type in ``CREATE TABLE events``
-    id_type = "INTEGER"
+    #: the id column in ``CREATE TABLE events``: never reuses an id, even after a trim
+    id_column = "INTEGER PRIMARY KEY AUTOINCREMENT"
+    #: makes memory keys sort by code point, as SQLite's default does, whatever the locale
+    collate = ""
     #: how often a follower looks for writes it was not told about (other processes)
     poll_seconds = 0.05
 
@@ -81,9 +84,6 @@ class SqlStore:
         raise NotImplementedError
         yield
 
-    def _insert_event(self, cur: Any, values: tuple) -> int:
-        raise NotImplementedError
-
     def close(self) -> None:
         raise NotImplementedError
 
@@ -97,9 +97,15 @@ class SqlStore:
 
     def _create_schema(self, cur: Any) -> None:
         for statement in SCHEMA:
-            cur.execute(statement.format(id_type=self.id_type))
+            cur.execute(statement.format(id_column=self.id_column, collate=self.collate))
         cur.execute(self._sql("INSERT INTO log_meta (name, value) VALUES ('trimmed_through', 0) "
                               "ON CONFLICT (name) DO NOTHING"))
+
+    def _insert_event(self, cur: Any, values: tuple) -> int:
+        cur.execute(self._sql("INSERT INTO events (epoch, scope, scope_id, key, action, data, "
+                              "previous_data, agent_id, workflow_id) "
+                              "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id"), values)
+        return cur.fetchone()[0]
 
     def ping(self) -> None:
         with self._read() as cur:

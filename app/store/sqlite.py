@@ -6,9 +6,10 @@ import queue
 import sqlite3
 import threading
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from .base import SqlStore, StoreUnavailable
+from .doorbell import Doorbell
 
 
 class SqliteStore(SqlStore):
@@ -21,6 +22,7 @@ class SqliteStore(SqlStore):
     """
 
     pool_size = 4
+    poll_seconds = 0.25  # a safety net: the doorbell wakes other processes' followers at once
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -29,6 +31,7 @@ class SqliteStore(SqlStore):
         self._pool: queue.LifoQueue[sqlite3.Connection] = queue.LifoQueue()
         self._opened = 0
         self._opening = threading.Lock()
+        self._doorbell = Doorbell(path) if path != ":memory:" else None
         with self._write() as cur:
             self._create_schema(cur)
         self.close()  # connections are opened again on use, so none crosses a fork
@@ -90,6 +93,8 @@ class SqliteStore(SqlStore):
                 raise
             else:
                 conn.commit()
+                if self._doorbell is not None:
+                    self._doorbell.ring()
             finally:
                 cur.close()
 
@@ -97,6 +102,10 @@ class SqliteStore(SqlStore):
         cur.execute("INSERT INTO events (epoch, scope, scope_id, key, action, data, previous_data, "
                     "agent_id, workflow_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id", values)
         return cur.fetchone()[0]
+
+    def watch(self, wake: Callable[[], None]) -> None:
+        if self._doorbell is not None:
+            self._doorbell.listen(wake)
 
     def close(self) -> None:
         while True:

@@ -1,0 +1,140 @@
+"""PostgreSQL: one database shared by every process on every host, so one log orders them all.
+
+Imported only when a ``postgresql://`` URL is opened, which happens in a worker after gevent has
+patched the standard library: psycopg then waits on sockets through gevent (it checks for the
+patch at import), so a query parks its greenlet instead of stalling the hub.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from .base import SqlStore, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+#: the channel every committed event is announced on
+CHANNEL = "memory_events"
+#: the advisory lock each write transaction takes first (a constant spelling "memevlog")
+LOG_LOCK = int.from_bytes(b"memevlog", "big")
+#: how long a request waits for a pooled connection before it answers 503
+POOL_TIMEOUT_SECONDS = 2.0
+#: how long the pool retries one lost connection before giving it up; the next request that
+#: finds the pool empty starts a fresh attempt at once, so a restarted server is found quickly
+RECONNECT_SECONDS = 4.0
+#: the listening connection's first and longest pause between attempts to reconnect
+LISTEN_RETRY_SECONDS = (0.2, 5.0)
+CONNECTION_OPTIONS: dict[str, Any] = {
+    "connect_timeout": 2,
+    # The listening connection is silent for as long as nobody writes: keepalives are how it
+    # notices a server that vanished without closing the socket.
+    "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
+}
+#: a write never queues forever behind a stuck writer, and a writer stuck inside a transaction
+#: (a frozen or cut-off host) is ended by the server, which releases the log lock
+SESSION_SETUP = ("SET lock_timeout = '5s'; "
+                 "SET idle_in_transaction_session_timeout = '15s'")
+
+
+class PostgresStore(SqlStore):
+    """The memory rows and the event log in PostgreSQL, behind the same queries as SQLite.
+
+    **Commit order.** Followers read the log by ``id > cursor``, so an id must never become
+    visible after a larger one: a follower that already moved past it would skip it for good.
+    A sequence alone does not promise that — two transactions can draw ids 7 and 8 and commit 8
+    first. So every write transaction starts with ``pg_advisory_xact_lock(LOG_LOCK)``: writers
+    across all hosts take turns, each draws its id while holding the lock, and the lock is only
+    released after the commit is visible. Ids therefore become visible in id order (gaps from
+    rolled-back transactions are harmless: nothing ever fills them). The same lock serialises
+    schema creation, where two hosts running ``CREATE TABLE IF NOT EXISTS`` at once could
+    otherwise collide, and makes each read-then-write of a memory row atomic.
+
+    **Wake-ups.** Each event's transaction also runs ``NOTIFY``, delivered only on commit. One
+    listening connection per process turns notifications into follower wake-ups; the follower
+    reads the log itself, so a notification lost while reconnecting costs only latency (the
+    listener wakes the follower after every reconnect, and the follower also polls).
+
+    **Failures.** Any connection failure or pool timeout becomes ``StoreUnavailable`` (503 and
+    ``Retry-After`` for requests, a retry for the follower). Timeouts are short so requests do
+    not pile up while the server is away, and a checked-out connection is tested first, so the
+    first requests after a restart do not fail on connections the restart broke.
+    """
+
+    param = "%s"
+    id_column = "BIGSERIAL PRIMARY KEY"
+    collate = ' COLLATE "C"'
+    poll_seconds = 1.0
+    pool_size = 5
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._pool = ConnectionPool(
+            url, min_size=1, max_size=self.pool_size, open=False, name="memory-events",
+            timeout=POOL_TIMEOUT_SECONDS, reconnect_timeout=RECONNECT_SECONDS,
+            kwargs={"autocommit": True, **CONNECTION_OPTIONS},
+            configure=self._configure, check=ConnectionPool.check_connection)
+        self._pool.open()
+        try:
+            with self._write() as cur:
+                self._create_schema(cur)
+        except BaseException:
+            self._pool.close()
+            raise
+
+    @staticmethod
+    def _configure(conn: psycopg.Connection) -> None:
+        conn.execute(SESSION_SETUP)
+
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection]:
+        try:
+            with self._pool.connection() as conn:
+                yield conn
+        except psycopg.OperationalError as exc:  # pool timeouts are OperationalErrors too
+            raise StoreUnavailable(str(exc)) from exc
+
+    @contextmanager
+    def _read(self) -> Iterator[Any]:
+        with self._connection() as conn, conn.cursor() as cur:
+            yield cur
+
+    @contextmanager
+    def _write(self) -> Iterator[Any]:
+        with self._connection() as conn, conn.transaction(), conn.cursor() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (LOG_LOCK,))
+            yield cur
+
+    def _insert_event(self, cur: Any, values: tuple) -> int:
+        event_id = super()._insert_event(cur, values)
+        cur.execute(f"NOTIFY {CHANNEL}")
+        return event_id
+
+    def watch(self, wake: Callable[[], None]) -> None:
+        threading.Thread(target=self._listen, args=(wake,), name="memory-events-listener",
+                         daemon=True).start()
+
+    def _listen(self, wake: Callable[[], None]) -> None:
+        """Hold this process's listening connection for good, reconnecting with backoff."""
+        first, longest = LISTEN_RETRY_SECONDS
+        pause = first
+        while True:
+            try:
+                with psycopg.connect(self.url, autocommit=True, **CONNECTION_OPTIONS) as conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    pause = first
+                    wake()  # for whatever was committed while this process was not listening
+                    for _ in conn.notifies():
+                        wake()
+            except psycopg.Error as exc:
+                log.warning("listening on %s failed, retrying in %.1fs: %s", CHANNEL, pause, exc)
+            time.sleep(pause)
+            pause = min(pause * 2, longest)
+
+    def close(self) -> None:
+        self._pool.close()
