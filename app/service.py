@@ -36,11 +36,11 @@ class Service:
     @property
     def follower(self) -> Follower:
         if self._follower is None:
+            store = self.store
             with self._opening:
                 if self._follower is None:
                     self._follower = Follower(
-                        self.store, self.broker,
-                        self.settings.poll_seconds or self.store.poll_seconds,
+                        store, self.broker, self.settings.poll_seconds or store.poll_seconds,
                         self.settings.retention_hours * 3600.0)
         return self._follower
 

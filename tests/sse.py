@@ -71,7 +71,8 @@ class SSEClient:
                         frame.id = value
                     elif name == "retry":
                         frame.retry = int(value)
-        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError, ValueError):
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError, ValueError,
+                AttributeError):  # AttributeError: the response was closed under us
             pass
         finally:
             self.closed.set()

@@ -1,11 +1,15 @@
 """The SSE stream against a real gunicorn: the control plane's stream bug report, ported."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import requests
 
 from .api import put
-from .conftest import wait_until
+from .conftest import ROOT, free_port, wait_until
 from .sse import SSEClient
 
 
@@ -54,3 +58,39 @@ def test_keepalive_after_silence(server):
     with SSEClient(server.url + "/api/v1/memory/events/sse") as stream:
         stream.next(timeout=2)
         assert stream.next(timeout=3).comments == ["keepalive"]
+
+
+def test_werkzeug_dev_server_streams_and_cleans_up(tmp_path):
+    port = free_port()
+    env = {**os.environ, "MEMORY_DB_URL": f"sqlite:///{tmp_path}/memory.db",
+           "MEMORY_HEARTBEAT_SECONDS": "0.2"}
+    process = subprocess.Popen([sys.executable, "-m", "flask", "--app", "wsgi", "run",
+                                "--port", str(port)], cwd=ROOT, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: _answers(url), timeout=30, message="the dev server")
+        with SSEClient(url + "/api/v1/memory/events/sse", params={"patterns": "match.*"}) as stream:
+            assert stream.next().comments == ["connected"]
+            put(url, "skip.this", 1)
+            put(url, "match.foo", 2)
+            assert stream.events(1)[0]["key"] == "match.foo"
+            assert _gauge(url) == 1
+        wait_until(lambda: _gauge(url) == 0, timeout=5, message="cleanup after disconnect")
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url + "/healthz", timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def _gauge(url: str) -> float:
+    for line in requests.get(url + "/metrics", timeout=5).text.splitlines():
+        if line.startswith('memory_events_subscribers{transport="sse"} '):
+            return float(line.split()[-1])
+    return 0.0
