@@ -24,7 +24,7 @@ API_PREFIX = "/api/v1"
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Build the app. ``config`` takes the same names as the environment (``MEMORY_DB_URL``…)."""
     settings = Settings.load(config)
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.config["SOCK_SERVER_OPTIONS"] = {"ping_interval": settings.heartbeat_seconds,
                                          "max_message_size": 65536}
