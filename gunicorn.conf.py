@@ -3,7 +3,9 @@ import os
 import resource
 import shutil
 import signal
+import socket
 import tempfile
+import time
 
 bind = [os.environ.get("MEMORY_BIND", "127.0.0.1:8080")]
 worker_class = "gevent"
@@ -45,15 +47,53 @@ def on_exit(server):
         shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
 
 
+def _in_background(task):
+    """Run ``task`` outside a signal handler. Under gevent the handler runs inside the event
+    loop, where anything that waits (even ``Thread.start``) raises, so it gets a greenlet."""
+    from gevent import monkey
+    if monkey.is_module_patched("threading"):
+        import gevent
+        gevent.spawn(task)
+    else:
+        import threading
+        threading.Thread(target=task, daemon=True).start()
+
+
+# How often a stopping worker ends streams opened after the signal.
+_SWEEP_SECONDS = 0.1
+
+
+def _end_streams_until_exit():
+    """End every stream now and keep doing so until the process exits: a stopping worker
+    still accepts connections until gunicorn's loop next looks at ``alive`` (up to a second
+    later), and a stream opened then would otherwise hold it until the graceful timeout."""
+    from app.broker import close_all_streams
+    while True:
+        close_all_streams()
+        time.sleep(_SWEEP_SECONDS)
+
+
 def post_worker_init(worker):
     """On SIGTERM, end every stream with a final frame before gunicorn stops the worker."""
     stop_worker = worker.handle_exit
 
     def handle_exit(sig, frame):
+        first = worker.alive
         stop_worker(sig, frame)
-        import threading
-        from app.broker import close_all_streams
-        threading.Thread(target=close_all_streams, daemon=True).start()
+        if first:
+            _in_background(_end_streams_until_exit)
 
     worker.handle_exit = handle_exit
     signal.signal(signal.SIGTERM, handle_exit)
+
+
+def post_request(worker, req, environ, resp):
+    """A response that ends while the worker stops (a stream told ``shutdown``) closes its
+    connection. Kept alive, it would hold the worker for the keep-alive time, and a client that
+    reconnects on it at once (``EventSource`` does) would open a new stream on a stopping worker
+    instead of reaching one that stays."""
+    if not worker.alive:
+        try:
+            environ["gunicorn.socket"].shutdown(socket.SHUT_RD)
+        except OSError:
+            pass  # the client is gone already

@@ -1,0 +1,156 @@
+"""Graceful shutdown: SIGTERM ends every stream with a final frame at once, and nothing is lost.
+
+Servers here run with a graceful timeout and a keep-alive far above ``DEADLINE``: a stream the
+server failed to end, or a connection it kept open after ending one, would keep it alive until
+then, so stopping within the deadline proves the streams were ended, not waited out.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import threading
+import time
+from pathlib import Path
+
+import requests
+import websocket
+
+from .api import put
+from .conftest import Server, wait_until
+from .sse import SSEClient
+
+SSE = "/api/v1/memory/events/sse"
+GRACEFUL_TIMEOUT = 30
+DEADLINE = 10
+ENV = {"MEMORY_HEARTBEAT_SECONDS": "0.5", "GUNICORN_CMD_ARGS":
+       f"--graceful-timeout {GRACEFUL_TIMEOUT} --keep-alive {GRACEFUL_TIMEOUT}"}
+FINAL_FRAME = re.compile(rb"event: shutdown\ndata: (\{.*\})\n\n\Z")
+
+
+class WholeBody:
+    """An SSE response read to its very end in a thread.
+
+    ``error`` is set when the body broke off without HTTP's final chunk, which is what a client
+    sees when the server process dies instead of ending the stream.
+    """
+
+    def __init__(self, server: Server, params: dict | None = None) -> None:
+        self.params = params or {}
+        self.response = requests.get(server.url + SSE, params=self.params, stream=True,
+                                     timeout=3 * DEADLINE)
+        assert self.response.status_code == 200, self.response.text
+        self.body = b""
+        self.error: Exception | None = None
+        self.ended = threading.Event()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        try:
+            for chunk in self.response.iter_content(chunk_size=None):
+                self.body += chunk
+        except requests.RequestException as exc:
+            self.error = exc
+        finally:
+            self.ended.set()
+
+    def has(self, text: bytes) -> bool:
+        return text in self.body
+
+    def final_last_id(self, deadline: float) -> int:
+        """The ``last_id`` of the ``shutdown`` frame, which must close a cleanly ended body.
+
+        Only a running server writes the final chunk, so a clean end also shows that the stream
+        ended before the server exited.
+        """
+        assert self.ended.wait(max(0.0, deadline - time.monotonic())), "the stream did not end"
+        assert self.error is None, f"the stream broke off instead of ending: {self.error}"
+        final = FINAL_FRAME.search(self.body)
+        assert final, f"no final shutdown frame; the body ends with {self.body[-200:]!r}"
+        return int(json.loads(final.group(1))["last_id"])
+
+
+def workers(server: Server) -> list[int]:
+    """The pids of gunicorn's workers: its master's children."""
+    assert server.process is not None
+    pid = server.process.pid
+    return [int(child) for child in
+            Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def resumed_keys(server: Server, stream: WholeBody, last_id: int, count: int) -> list[str]:
+    """The keys of the ``count`` events a client resuming after ``last_id`` is sent first."""
+    with SSEClient(server.url + SSE, params=stream.params,
+                   headers={"Last-Event-ID": str(last_id)}) as resumed:
+        return [event["key"] for event in resumed.events(count)]
+
+
+def test_sigterm_ends_every_stream_at_once_and_clients_resume_after_a_restart(server_factory):
+    server = server_factory(env=ENV)
+    for n in range(1, 4):
+        put(server.url, f"before.{n}", n)
+    live = WholeBody(server)
+    replaying = WholeBody(server, {"last_event_id": "0"})
+    idle = WholeBody(server, {"patterns": "down.*,restarted.*"})
+    put(server.url, "live.4", 4)
+    for stream in (live, replaying):
+        wait_until(lambda: stream.has(b"id: 4\n"), message="event 4 on every stream")
+    wait_until(lambda: idle.has(b": connected"), message="the idle stream to open")
+
+    server.send(signal.SIGTERM)
+    deadline = time.monotonic() + DEADLINE
+    assert [s.final_last_id(deadline) for s in (live, replaying, idle)] == [4, 4, 3], \
+        "the last event sent, or the log's head at subscription when none was sent"
+    assert server.process.wait(max(0.0, deadline - time.monotonic())) == 0
+
+    stand_in = server_factory(env=ENV)
+    for n in range(5, 8):
+        put(stand_in.url, f"down.{n}", n)
+    stand_in.stop()
+    server.start()
+    put(server.url, "restarted.8", 8)
+    missed = ["down.5", "down.6", "down.7", "restarted.8"]
+    assert resumed_keys(server, live, 4, 4) == missed
+    assert resumed_keys(server, idle, 3, 4) == missed
+
+
+def test_a_stopped_worker_ends_its_streams_counts_them_and_its_successor_takes_over(
+        server_factory):
+    """The counter is per process, and gunicorn removes every process's file when the master
+    exits, so it is read after stopping one worker: the master starts a successor, which sums
+    the file the stopped worker left behind."""
+    server = server_factory(env=ENV)
+    put(server.url, "before", 1)
+    streams = [WholeBody(server), WholeBody(server)]
+    ws = websocket.create_connection(server.url.replace("http", "ws", 1) +
+                                     "/api/v1/memory/events/ws", timeout=DEADLINE)
+    wait_until(lambda: server.metric("memory_events_subscribers", transport="ws") == 1,
+               message="the WebSocket stream to subscribe")
+    for stream in streams:
+        wait_until(lambda: stream.has(b": connected"), message="every SSE stream to open")
+    [stopped] = workers(server)
+
+    os.kill(stopped, signal.SIGTERM)
+    deadline = time.monotonic() + DEADLINE
+    # Until its next look at the signal the stopping worker still accepts; a stream it opens
+    # then must end too, or it would hold the worker until the graceful timeout.
+    late = WholeBody(server)
+    assert [stream.final_last_id(deadline) for stream in streams] == [1, 1]
+    assert json.loads(ws.recv()) == {"type": "shutdown", "last_id": "1"}
+    ws.close()
+    wait_until(lambda: stopped not in workers(server), timeout=deadline - time.monotonic(),
+               message="the stopped worker to exit")
+
+    put(server.url, "after", 2)
+    assert resumed_keys(server, streams[0], 1, 1) == ["after"]
+    # The late stream either ended on the stopping worker or is live on its successor.
+    wait_until(lambda: late.ended.is_set() or late.has(b"id: 2\n"),
+               message="the late stream to end or to get the next event")
+    stopped_served_late = late.ended.is_set()
+    if stopped_served_late:
+        assert late.final_last_id(deadline) == 1
+    ended = len(streams) + 1 + stopped_served_late
+    wait_until(lambda: server.metric("memory_events_disconnects_total", reason="shutdown")
+               == ended, message="every stream it ended counted as shutdown")
+    late.response.close()
