@@ -23,14 +23,17 @@ HISTORY_PAGE = 500
 WS_ENDPOINT = "events.events_ws"
 
 
-def _int_arg(value: str | None, error: str, name: str, low: int, high: int | None = None) -> int:
+MAX_ID = 2**63 - 1  # ids are 64-bit signed integers in every store
+
+
+def _int_arg(value: str | None, error: str, name: str, low: int, high: int) -> int:
     try:
         number = int(value or "")
     except ValueError:
         number = None
-    if number is None or number < low or (high is not None and number > high):
-        bounds = f"from {low} to {high}" if high is not None else f"{low} or more"
-        raise ApiError(400, error, f"'{name}' must be a whole number {bounds}; got {value!r}.")
+    if number is None or not low <= number <= high:
+        raise ApiError(400, error,
+                       f"'{name}' must be a whole number from {low} to {high}; got {value!r}.")
     return number
 
 
@@ -38,7 +41,7 @@ def _last_event_id() -> int | None:
     value = request.headers.get("Last-Event-ID") or request.args.get("last_event_id")
     if value is None or not value.strip():
         return None
-    return _int_arg(value.strip(), "invalid_last_event_id", "last_event_id", 0)
+    return _int_arg(value.strip(), "invalid_last_event_id", "last_event_id", 0, MAX_ID)
 
 
 def _open_stream(transport: str) -> Stream:
@@ -118,7 +121,7 @@ def events_history() -> Response:
     args = request.args
     limit = _int_arg(args.get("limit", "100"), "invalid_limit", "limit", 1, 1000)
     after_id = (None if args.get("after_id") in (None, "")
-                else _int_arg(args.get("after_id"), "invalid_after_id", "after_id", 0))
+                else _int_arg(args.get("after_id"), "invalid_after_id", "after_id", 0, MAX_ID))
     found = history_events(selection, _since(args.get("since")), limit, after_id)
     return Response("[" + ",".join(event.json for event in found) + "]",
                     mimetype="application/json")

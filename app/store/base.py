@@ -13,6 +13,12 @@ from typing import Any, Callable, Iterator
 from ..events import Event, dump, utc_text
 
 
+def _now() -> float:
+    """Microseconds, as every timestamp on the wire shows, so ``since=<an event's timestamp>``
+    always includes that event."""
+    return round(time.time(), 6)
+
+
 class StoreUnavailable(Exception):
     """The database cannot be reached now; callers answer 503 and try again later."""
 
@@ -137,7 +143,7 @@ class SqlStore:
             agent_id: str, workflow_id: str) -> Record:
         """Write the row and its event in one transaction."""
         with self._write() as cur:
-            now = time.time()
+            now = _now()
             old = self._get(cur, scope, scope_id, key)
             if old is None:
                 cur.execute(self._sql("INSERT INTO memory (scope, scope_id, key, data, created_at, "
@@ -160,7 +166,7 @@ class SqlStore:
                 return None
             cur.execute(self._sql("DELETE FROM memory WHERE scope = ? AND scope_id = ? AND key = ?"),
                         (scope, scope_id, key))
-            self._insert_event(cur, (time.time(), scope, scope_id, key, "delete", None, old.data,
+            self._insert_event(cur, (_now(), scope, scope_id, key, "delete", None, old.data,
                                      agent_id, workflow_id))
         return old
 
