@@ -7,7 +7,7 @@ from flask import Flask
 
 from .cli import events_cli
 from .errors import error_response, register_error_handlers
-from .events_api import events, sock
+from .events_api import events
 from .memory_api import memory
 from .ops import ops
 from .page import page
@@ -16,7 +16,7 @@ from .service import EXTENSION, Service
 from .settings import Settings
 from .store import StoreUnavailable
 
-__all__ = ["create_app", "events", "memory", "ops", "Service", "Settings"]
+__all__ = ["create_app", "events", "memory", "ops", "page", "Service", "Settings"]
 
 API_PREFIX = "/api/v1"
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from typing import NoReturn
 
 from flask import Blueprint, Response, g, request
 from flask_sock import Sock
@@ -65,13 +66,23 @@ def _websocket_guard() -> None:
     """Refuse a bad WebSocket request with a JSON error before the handshake happens."""
     if request.endpoint != WS_ENDPOINT:
         return
-    if request.headers.get("Upgrade", "").lower() != "websocket":
-        raise ApiError(400, "websocket_required",
-                       "This route speaks WebSocket; send an Upgrade: websocket request.")
+    if (not request.headers.get("Sec-WebSocket-Key")
+            or request.headers.get("Sec-WebSocket-Version") != "13"):
+        raise ApiError(400, "invalid_handshake", "A WebSocket upgrade needs Sec-WebSocket-Key and "
+                                                 "Sec-WebSocket-Version: 13.")
     origin = request.headers.get("Origin")
     if origin and not same_origin_or_allowed(origin):
         raise ApiError(403, "origin_not_allowed", f"Origin '{origin}' is not allowed.")
-    g.memory_stream = _open_stream("ws")
+    stream = iter(_open_stream("ws"))
+    next(stream)  # Opened: subscribed before the handshake tells the client the socket is open
+    g.memory_stream = stream
+
+
+@events.get("/memory/events/ws")
+def events_ws_required() -> NoReturn:
+    """The same path without an upgrade: routing sends plain requests here, not to the socket."""
+    raise ApiError(400, "websocket_required",
+                   "This route speaks WebSocket; send an Upgrade: websocket request.")
 
 
 @sock.route("/memory/events/ws", bp=events)

@@ -6,7 +6,7 @@ from typing import Mapping
 from .errors import ApiError
 from .events import Event
 from .globs import InvalidPattern, KeyMatcher, split_patterns
-from .scopes import check_scope
+from .scopes import check_scope, optional_text
 from .settings import Settings
 from .store import LogFilter
 
@@ -44,5 +44,5 @@ def from_query(args: Mapping[str, str], settings: Settings) -> EventFilter:
         patterns = split_patterns(raw)
     except InvalidPattern as exc:
         raise ApiError(400, "invalid_pattern", str(exc)) from None
-    scope_id = (args.get("scope_id") or "").strip() or None
+    scope_id = optional_text(args.get("scope_id"), "scope_id")
     return EventFilter(check_scope(args.get("scope")), scope_id, patterns)

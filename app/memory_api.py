@@ -9,7 +9,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from .errors import ApiError
 from .events import dump
-from .scopes import candidates, check_scope, explicit
+from .scopes import candidates, check_scope, header_id, optional_text, text
 from .security import require_api_key
 from .service import current_service
 from .store import Record
@@ -37,12 +37,19 @@ def _not_json(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite(text: str) -> float:
+    number = float(text)
+    if number in (float("inf"), float("-inf")):
+        raise ValueError(f"{text} is too large")
+    return number
+
+
 def _body() -> dict[str, Any]:
-    """The body as a JSON object. Python's parser also takes ``NaN`` and ``Infinity``, which
-    other clients could not read back, and fails on deep nesting with ``RecursionError``; both
-    are the caller's mistake, answered 400."""
+    """The body as a JSON object. Python's parser also takes ``NaN`` and ``Infinity`` (and turns
+    ``1e999`` into infinity), which other clients could not read back, and fails on deep nesting
+    with ``RecursionError``; all are the caller's mistake, answered 400."""
     try:
-        body = json.loads(_raw_body(), parse_constant=_not_json)
+        body = json.loads(_raw_body(), parse_constant=_not_json, parse_float=_finite)
     except RecursionError:
         raise ApiError(400, "invalid_json", "The request body is nested too deeply.") from None
     except ValueError:
@@ -56,15 +63,12 @@ def _key(body: dict[str, Any]) -> str:
     key = body.get("key")
     if key is None:
         raise ApiError(400, "missing_key", "'key' is required.")
-    if not isinstance(key, str) or not key:
+    key = text(key, "key")
+    if not key:
         raise ApiError(400, "invalid_key", "'key' must be a non-empty string.")
     limit = current_service().settings.max_key_length
     if len(key) > limit:
         raise ApiError(400, "key_too_long", f"'key' is longer than {limit} characters.")
-    try:
-        key.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ApiError(400, "invalid_key", "'key' must be valid Unicode text.") from None
     return key
 
 
@@ -121,10 +125,8 @@ def list_memory() -> Response:
     if scope is None:
         raise ApiError(400, "missing_scope", "'scope' is required: workflow, session, actor "
                                              "or global.")
-    scope_id: str | None
-    try:
-        scope_id = explicit(scope, request.args.get("scope_id"), request.headers)[1]
-    except ApiError:
-        scope_id = None  # no id anywhere: every id of that scope
+    # Without an id in the query or the scope's header: every id of that scope.
+    scope_id = (optional_text(request.args.get("scope_id"), "scope_id")
+                or header_id(scope, request.headers))
     records: list[Record] = current_service().store.list(scope, scope_id)
     return _json("[" + ",".join(record.as_json() for record in records) + "]")

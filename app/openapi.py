@@ -8,15 +8,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from .events_api import MAX_ID
 from .scopes import SCOPES
 from .settings import Settings
 
 Json = dict[str, Any]
 
-API_PREFIX = "/api/v1"
-MAX_EVENT_ID = 2**63 - 1  # ids are SQL BIGINTs
+API_PREFIX = "/api/v1"  # where create_app mounts the API blueprints
 ERROR_CODE = "^[a-z][a-z0-9_]*$"
 EVENT_ID = "^[0-9]+$"
+EVENT_ID_NUMBER = {"type": "integer", "minimum": 0, "maximum": MAX_ID}
 STREAM_PATHS = ("/memory/events/sse", "/memory/events/ws")
 SCOPE_HEADERS = ("WorkflowId", "SessionId", "ActorId")
 FILTERS = ("Scope", "ScopeId", "Patterns")
@@ -56,6 +57,11 @@ def _error(status: int, description: str, headers: Json | None = None) -> Json:
     return response
 
 
+def _or_empty(schema: Json) -> Json:
+    """A query or header value that may also be empty, which means "not given"."""
+    return {"anyOf": [schema, {"const": ""}]}
+
+
 def _header_parameter(name: str, description: str, required: bool) -> Json:
     return {"name": name, "in": "header", "required": required, "schema": {"type": "string"},
             "description": description}
@@ -72,8 +78,13 @@ def _schemas(settings: Settings) -> Json:
     key = {"type": "string", "minLength": 1, "maxLength": settings.max_key_length,
            "description": "Any non-empty text; `.` and `/` are ordinary characters (globs treat "
                           "`/` as a separator)."}
-    scope_id = {"type": "string",
-                "description": "Defaults to the scope's `X-*-ID` header; blank means absent."}
+    # In a body, null means the same as absent: clients that send every field keep working.
+    body_scope = {"anyOf": [_schema("Scope"), {"type": "null"}, {"const": ""}],
+                  "description": "Absent, null or blank: the most specific scope whose `X-*-ID` header "
+                                 "is present (workflow, session, actor), else global."}
+    scope_id = {"type": ["string", "null"],
+                "description": "Defaults to the scope's `X-*-ID` header; blank or null means "
+                               "absent."}
     return {
         "Error": {
             "type": "object",
@@ -159,14 +170,14 @@ def _schemas(settings: Settings) -> Json:
                 "key": key,
                 "data": {"description": "Any JSON value, null included; at most "
                                         f"{settings.max_value_bytes} bytes as compact JSON."},
-                "scope": _schema("Scope"),
+                "scope": body_scope,
                 "scope_id": scope_id,
             },
         },
         "KeyRequest": {
             "type": "object",
             "required": ["key"],
-            "properties": {"key": key, "scope": _schema("Scope"), "scope_id": scope_id},
+            "properties": {"key": key, "scope": body_scope, "scope_id": scope_id},
         },
     }
 
@@ -184,7 +195,8 @@ def _parameters(settings: Settings) -> Json:
         "WorkflowId": scope_header("X-Workflow-ID", "workflow"),
         "SessionId": scope_header("X-Session-ID", "session"),
         "ActorId": scope_header("X-Actor-ID", "actor"),
-        "Scope": query("scope", _schema("Scope"), "Only events of this scope."),
+        "Scope": query("scope", _or_empty(_schema("Scope")),
+                       "Only events of this scope; empty means any."),
         "ScopeId": query("scope_id", {"type": "string"},
                          "Only events of this scope id; on `/memory/list` it defaults to the "
                          "scope's `X-*-ID` header."),
@@ -194,7 +206,7 @@ def _parameters(settings: Settings) -> Json:
             f"{settings.max_patterns} of at most {settings.max_pattern_length} characters; an "
             "event passes if its key matches any. A malformed glob is 400 `invalid_pattern`."),
         "LastEventIdQuery": query(
-            "last_event_id", {"type": "integer", "minimum": 0, "maximum": MAX_EVENT_ID},
+            "last_event_id", _or_empty(EVENT_ID_NUMBER),
             "Resume: replay every retained matching event after this id, then go live."),
     }
 
@@ -259,8 +271,8 @@ def _memory_paths() -> Json:
             "one transaction.",
             "SetRequest",
             {"200": record,
-             "400": _error(400, BAD_KEY + ", `missing_data`, `invalid_data` (not representable "
-                                "as standard JSON, e.g. NaN)."),
+             "400": _error(400, BAD_KEY + ", `missing_data`; `invalid_json` also for numbers "
+                                "standard JSON cannot hold (NaN, Infinity, 1e999)."),
              "413": _error(413, "`value_too_large` (`data` over `MEMORY_MAX_VALUE_BYTES`) or "
                                 "`request_entity_too_large` (body over "
                                 "`MEMORY_MAX_BODY_BYTES`).")})},
@@ -326,8 +338,9 @@ def _event_paths() -> Json:
             "Stream changes over Server-Sent Events",
             "Replays after `Last-Event-ID` (the header wins over `last_event_id`), then live.",
             [{"name": "Last-Event-ID", "in": "header", "required": False,
-              "schema": {"type": "integer", "minimum": 0, "maximum": MAX_EVENT_ID},
-              "description": "Resume point, as EventSource sends it on reconnect."}],
+              "schema": _or_empty(EVENT_ID_NUMBER),
+              "description": "Resume point, as EventSource sends it on reconnect; wins over "
+                             "`last_event_id`."}],
             {"200": {
                 "description": sse_frames,
                 "headers": {"Cache-Control": _response_header("`no-cache`.", {"const": "no-cache"}),
@@ -361,7 +374,8 @@ def _event_paths() -> Json:
                 {"name": "limit", "in": "query", "required": False,
                  "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
                 {"name": "after_id", "in": "query", "required": False,
-                 "schema": {"type": "integer", "minimum": 0, "maximum": MAX_EVENT_ID}},
+                 "schema": _or_empty(EVENT_ID_NUMBER),
+                 "description": "Page forward: only events after this id."},
             ],
             "responses": {
                 "200": {"description": "The events.",

@@ -9,34 +9,48 @@ SCOPES = ("workflow", "session", "actor", "global")
 _HEADERS = {"workflow": "X-Workflow-ID", "session": "X-Session-ID", "actor": "X-Actor-ID"}
 
 
-def _text(value: object, field: str) -> str | None:
-    if value is None:
-        return None
+def text(value: object, field: str) -> str:
+    """A string every store can hold: valid Unicode (no lone surrogate) and no NUL."""
     if not isinstance(value, str):
         raise ApiError(400, f"invalid_{field}", f"'{field}' must be a string.")
-    return value.strip() or None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(400, f"invalid_{field}", f"'{field}' must be valid Unicode text.") from None
+    if "\x00" in value:
+        raise ApiError(400, f"invalid_{field}", f"'{field}' must not contain NUL characters.")
+    return value
+
+
+def optional_text(value: object, field: str) -> str | None:
+    """An optional string field: ``None``, empty and blank all mean "not given"."""
+    if value is None:
+        return None
+    return text(value, field).strip() or None
 
 
 def check_scope(scope: object) -> str | None:
     """Validate an optional scope name; ``None`` means "not given"."""
-    name = _text(scope, "scope")
+    name = optional_text(scope, "scope")
     if name is not None and name not in SCOPES:
         raise ApiError(400, "invalid_scope",
                        f"Unknown scope '{name}'; use one of: {', '.join(SCOPES)}.")
     return name
 
 
-def _header_id(scope: str, headers: Mapping[str, str]) -> str | None:
+def header_id(scope: str, headers: Mapping[str, str]) -> str | None:
+    """The scope id a request's ``X-*-ID`` header gives (``global`` needs none)."""
     if scope == "global":
         return "global"
-    return (headers.get(_HEADERS[scope]) or "").strip() or None
+    return optional_text(headers.get(_HEADERS[scope]), "scope_id")
 
 
-def explicit(scope: str, scope_id: object, headers: Mapping[str, str]) -> tuple[str, str]:
+def _explicit(scope: str, scope_id: object, headers: Mapping[str, str]) -> tuple[str, str]:
     """A named scope with its id from the body/query, else from that scope's header."""
+    sid = optional_text(scope_id, "scope_id")
     if scope == "global":
         return "global", "global"
-    sid = _text(scope_id, "scope_id") or _header_id(scope, headers)
+    sid = sid or header_id(scope, headers)
     if sid is None:
         raise ApiError(400, "missing_scope_id",
                        f"Scope '{scope}' needs 'scope_id' or the {_HEADERS[scope]} header.")
@@ -53,8 +67,8 @@ def candidates(scope: object, scope_id: object,
     """
     name = check_scope(scope)
     if name is not None:
-        return [explicit(name, scope_id, headers)]
-    if _text(scope_id, "scope_id") is not None:
+        return [_explicit(name, scope_id, headers)]
+    if optional_text(scope_id, "scope_id") is not None:
         raise ApiError(400, "missing_scope", "'scope_id' was given without 'scope'.")
-    found = [(s, sid) for s in SCOPES if (sid := _header_id(s, headers)) is not None]
+    found = [(s, sid) for s in SCOPES if (sid := header_id(s, headers)) is not None]
     return found

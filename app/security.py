@@ -8,7 +8,7 @@ from flask import Flask, Response, request
 from .errors import ApiError
 from .service import current_service
 
-STREAM_ENDPOINTS = {"events.events_sse", "events.events_ws"}
+STREAM_ENDPOINTS = {"events.events_sse", "events.events_ws", "events.events_ws_required"}
 CORS_HEADERS = ("Content-Type, Authorization, X-API-Key, X-Workflow-ID, X-Session-ID, "
                 "X-Actor-ID, Last-Event-ID")
 
