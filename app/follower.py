@@ -60,10 +60,15 @@ class Follower:
                 self._maybe_trim()
             except StoreUnavailable as exc:
                 log.warning("event log unavailable, retrying: %s", exc)
-                time.sleep(min(1.0, self.poll_seconds * 10))
+                self._retry_soon()
             except Exception:  # the follower must outlive any single bad read
                 log.exception("log follower failed; retrying")
-                time.sleep(min(1.0, self.poll_seconds * 10))
+                self._retry_soon()
+
+    def _retry_soon(self) -> None:
+        """Back off briefly, then read again without waiting for another wake-up."""
+        time.sleep(min(1.0, self.poll_seconds * 10))
+        self._wake.set()
 
     def _catch_up(self) -> None:
         while True:

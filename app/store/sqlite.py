@@ -98,11 +98,6 @@ class SqliteStore(SqlStore):
             finally:
                 cur.close()
 
-    def _insert_event(self, cur: Any, values: tuple) -> int:
-        cur.execute("INSERT INTO events (epoch, scope, scope_id, key, action, data, previous_data, "
-                    "agent_id, workflow_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id", values)
-        return cur.fetchone()[0]
-
     def watch(self, wake: Callable[[], None]) -> None:
         if self._doorbell is not None:
             self._doorbell.listen(wake)
