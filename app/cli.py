@@ -101,10 +101,8 @@ def event_line(event: dict, columns: int | None) -> str:
 def _say_status(status: StreamStatus) -> None:
     if status.state == "disconnected":
         _say(f"disconnected: {status.reason}; reconnecting in {status.retry_in:.1f}s")
-    elif status.last_event_id is not None:
-        _say(f"reconnected; resuming after event {status.last_event_id}")
     else:
-        _say("reconnected")
+        _say(f"reconnected; resuming after event {status.last_event_id}")
 
 
 def _say_reset(reset: dict) -> None:

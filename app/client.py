@@ -14,6 +14,7 @@ project that does not install the server.
 """
 from __future__ import annotations
 
+import functools
 import json
 import random
 import re
@@ -192,7 +193,7 @@ class StreamStatus:
     """
     state: str
     reason: str
-    last_event_id: str | None
+    last_event_id: str
     retry_in: float = 0.0
 
 
@@ -201,9 +202,20 @@ DROPPED = (urllib3.exceptions.HTTPError, OSError)
 
 @dataclass(frozen=True)
 class _Ending:
+    """How one connection ended: why, where to resume, and whether it went well.
+
+    ``planned`` ends (``overflow``, ``shutdown``, ``lifetime``) carry the server's resume id.
+    A connection went ``well`` when it delivered something or lived its whole lifetime; one
+    that did neither (a stopping server that takes the connection and ends it at once) counts
+    as a failed attempt, so reconnecting backs off instead of spinning.
+    """
     reason: str
-    resume_after: str | None
-    planned: bool
+    well: bool
+    resume_after: str | None = None
+
+    @property
+    def planned(self) -> bool:
+        return self.resume_after is not None
 
 
 def _json_object(text: str) -> dict:
@@ -235,28 +247,118 @@ def _scoped(key: str, scope: str | None, scope_id: str | None) -> dict[str, Any]
 
 
 class Subscription(Iterator[dict]):
-    """What ``subscribe`` returns: an iterator of events that can be closed before it starts.
+    """What ``MemoryClient.subscribe`` returns: the events of one subscription, across as many
+    connections as it takes. ``last_event_id`` is where it would resume (persist it to
+    resume after a restart of the caller).
 
-    A generator that never started cannot run its clean-up, so the stream opened by
-    ``subscribe`` is closed here too.
+    The connection state lives apart from this wrapper, so the generator holds no reference
+    back to it: dropping the wrapper (leaving a ``for`` loop over ``subscribe()``) frees the
+    generator at once, and its clean-up closes the HTTP response.
     """
 
-    def __init__(self, events: Generator[dict, None, None], first: requests.Response) -> None:
-        self._events = events
-        self._first = first
+    def __init__(self, stream: "_Stream") -> None:
+        self._stream = stream
+        self._events = stream.follow()
+
+    @property
+    def last_event_id(self) -> str:
+        return self._stream.last_event_id
 
     def __next__(self) -> dict:
         return next(self._events)
 
     def close(self) -> None:
+        """Close the HTTP response (also when iteration never started: a generator that never
+        ran cannot clean up after itself)."""
         self._events.close()
-        self._first.close()
+        self._stream.response.close()
 
     def __enter__(self) -> "Subscription":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _Stream:
+    """One subscription's connection, and the reconnecting that keeps it going."""
+
+    def __init__(self, open_stream: Callable[[str], requests.Response],
+                 last_event_id: str | None, backoff: Backoff,
+                 on_status: Callable[[StreamStatus], None] | None) -> None:
+        # ``None``: the log was empty when subscribing, so all it will ever hold is news.
+        self._from_empty_log = last_event_id is None
+        self.last_event_id = "0" if last_event_id is None else last_event_id
+        self._open_stream = open_stream
+        self._backoff = backoff
+        self._on_status = on_status
+        self._attempt = 0
+        self.response = open_stream(self.last_event_id)
+
+    def follow(self) -> Generator[dict, None, None]:
+        try:
+            while True:
+                ending = yield from self._deliver()
+                self.response.close()
+                self.last_event_id = ending.resume_after or self.last_event_id
+                self._attempt = 0 if ending.well else self._attempt + 1
+                self._reconnect(ending)
+        finally:
+            self.response.close()
+
+    def _deliver(self) -> Generator[dict, None, _Ending]:
+        """Yield one connection's events; return how it ended."""
+        seen = False
+        try:
+            for frame in _frames(self.response):
+                if frame.event == "message":
+                    event = json.loads(frame.data)
+                    self.last_event_id = frame.id or str(event.get("id"))
+                    seen, self._from_empty_log = True, False
+                    yield event
+                elif frame.event == "reset":
+                    reset = _json_object(frame.data)
+                    if self._from_empty_log and "oldest_id" in reset:
+                        # Only what came before the subscription was trimmed: everything kept
+                        # came after it, so resume from the oldest kept and miss nothing.
+                        self._from_empty_log = False
+                        return _Ending("reset", True, str(int(reset["oldest_id"]) - 1))
+                    yield {"type": "reset", **reset}
+                else:
+                    ending = _json_object(frame.data)
+                    if "last_id" in ending:
+                        return _Ending(frame.event, seen or frame.event == "lifetime",
+                                       str(ending["last_id"]))
+        except DROPPED as exc:
+            return _Ending(f"connection lost ({_reason(exc)})", seen)
+        return _Ending("the server closed the stream", seen)
+
+    def _reconnect(self, ending: _Ending) -> None:
+        """Open the stream again after ``last_event_id``: at once after a planned end of a
+        good connection, else after a backoff that grows with each failed attempt."""
+        reason = ending.reason
+        delay = 0.0 if ending.planned and self._attempt == 0 else self._backoff.delay(
+            self._attempt)
+        while True:
+            self._report(StreamStatus("disconnected", reason, self.last_event_id, delay))
+            time.sleep(delay)
+            try:
+                self.response = self._open_stream(self.last_event_id)
+            except ConnectionFailed as exc:
+                reason = str(exc)
+            except ApiError as exc:
+                if not exc.retryable:
+                    raise
+                reason = str(exc)
+            else:
+                self._report(StreamStatus("reconnected", ending.reason, self.last_event_id))
+                return
+            self._attempt += 1
+            delay = self._backoff.delay(self._attempt)
+
+    def _report(self, status: StreamStatus) -> None:
+        if self._on_status is not None:
+            self._on_status(status)
 
 
 # -- the client -----------------------------------------------------------------------------
@@ -349,93 +451,31 @@ class MemoryClient:
         it takes; ``on_status`` hears of each disconnect and reconnect. Errors that retrying
         cannot fix (401, 400) are raised from the iteration.
 
-        If the events after the resume point were already trimmed from the server's log, the
-        iterator yields ``{"type": "reset", "reason": …, "oldest_id": …}``: changes were
-        missed, and the caller should reload its state with ``list``. Live events follow.
+        If events after the resume point (``last_event_id``, or the last event delivered) were
+        already trimmed from the server's log, the iterator yields
+        ``{"type": "reset", "reason": …, "oldest_id": …}``: changes were missed, and the
+        caller should reload its state with ``list``. Live events follow.
 
         ``idle_timeout`` is how long silence means a dead connection; keep it above the
         server's heartbeat interval. Stop by leaving the loop or calling ``close()`` on the
         iterator, from the thread that iterates: the HTTP response is closed at once.
         """
         query = _filters(patterns, scope, scope_id)
-        cursor = str(last_event_id) if last_event_id is not None else self._head_id()
-        response = self._open_stream(query, cursor, idle_timeout)
-        return Subscription(
-            self._follow(response, query, cursor, backoff, idle_timeout, on_status), response)
+        start = str(last_event_id) if last_event_id is not None else self._head_id()
+        return Subscription(_Stream(functools.partial(self._open_stream, query, idle_timeout),
+                                    start, backoff, on_status))
 
     def _head_id(self) -> str | None:
         """The newest id in the log, so that even a connection dropped before the first event
-        resumes from the moment of subscribing. ``None`` for an empty log."""
+        resumes from the moment of subscribing (``None`` for an empty log)."""
         newest = self._call("GET", "/memory/events/history", params={"limit": "1"})
         return str(newest[-1]["id"]) if newest else None
 
-    def _open_stream(self, query: dict[str, str], cursor: str | None,
-                     idle_timeout: float) -> requests.Response:
-        headers = {"Accept": "text/event-stream"}
-        if cursor is not None:
-            headers["Last-Event-ID"] = cursor
+    def _open_stream(self, query: dict[str, str], idle_timeout: float,
+                     cursor: str) -> requests.Response:
+        headers = {"Accept": "text/event-stream", "Last-Event-ID": cursor}
         return self._request("GET", "/memory/events/sse", params=query, headers=headers,
                              stream=True, timeout=(self.timeout, idle_timeout))
-
-    def _follow(self, response: requests.Response, query: dict[str, str], cursor: str | None,
-                backoff: Backoff, idle_timeout: float,
-                on_status: Callable[[StreamStatus], None] | None
-                ) -> Generator[dict, None, None]:
-        try:
-            while True:
-                ending = yield from self._deliver(response)
-                response.close()
-                cursor = ending.resume_after or cursor
-                response = self._reconnect(query, cursor, ending, backoff, idle_timeout,
-                                           on_status)
-        finally:
-            response.close()
-
-    @staticmethod
-    def _deliver(response: requests.Response) -> Generator[dict, None, _Ending]:
-        """Yield one connection's events; return how it ended and where to resume."""
-        seen: str | None = None
-        try:
-            for frame in _frames(response):
-                if frame.event == "message":
-                    event = json.loads(frame.data)
-                    seen = frame.id or str(event.get("id"))
-                    yield event
-                elif frame.event == "reset":
-                    yield {"type": "reset", **_json_object(frame.data)}
-                else:
-                    ending = _json_object(frame.data)
-                    if "last_id" in ending:
-                        return _Ending(frame.event, str(ending["last_id"]), planned=True)
-        except DROPPED as exc:
-            return _Ending(f"connection lost ({_reason(exc)})", seen, planned=False)
-        return _Ending("the server closed the stream", seen, planned=False)
-
-    def _reconnect(self, query: dict[str, str], cursor: str | None, ending: _Ending,
-                   backoff: Backoff, idle_timeout: float,
-                   on_status: Callable[[StreamStatus], None] | None) -> requests.Response:
-        """Open the stream again after ``cursor``. A planned end is followed at once; failures
-        back off, and the attempt count starts over with each connection that opens."""
-        attempt, reason = 0, ending.reason
-        delay = 0.0 if ending.planned else backoff.delay(attempt)
-        while True:
-            if on_status is not None:
-                on_status(StreamStatus("disconnected", reason, cursor, delay))
-            time.sleep(delay)
-            try:
-                response = self._open_stream(query, cursor, idle_timeout)
-            except ConnectionFailed as exc:
-                reason = str(exc)
-            except ApiError as exc:
-                if not exc.retryable:
-                    raise
-                reason = str(exc)
-            else:
-                if on_status is not None:
-                    on_status(StreamStatus("reconnected", ending.reason, cursor))
-                return response
-            attempt += 1
-            delay = backoff.delay(attempt)
 
     # -- plumbing -------------------------------------------------------------------------
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
