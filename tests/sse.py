@@ -1,8 +1,10 @@
 """A small SSE reader for tests: frames arrive on a queue from a background thread."""
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -105,6 +107,12 @@ class SSEClient:
         return found
 
     def close(self) -> None:
+        """Shut the socket down first: closing a response while the reader thread waits in a
+        read would wait for that read to time out."""
+        connection = self.response.raw.connection
+        if connection is not None and connection.sock is not None:
+            with contextlib.suppress(OSError):
+                connection.sock.shutdown(socket.SHUT_RDWR)
         self.response.close()
 
     def __enter__(self) -> "SSEClient":

@@ -1,12 +1,14 @@
-"""Delivery latency across hosts on PostgreSQL: ``python -m bench.pg_hosts``.
+"""Delivery latency across servers on one database: ``python -m bench.hosts``.
 
-Two hosts (separate ``gunicorn -w 2``) share one database, with subscribers on both. Changes are
-written through the hosts in turn at a steady rate, and each subscriber notes when each change
-reaches it. Latency is measured from just before the write is sent to the frame's arrival, split
-by whether the subscriber is on the host that took the write or on the other one: the second is
-what ``LISTEN``/``NOTIFY`` buys (without it a change waits for the other host's safety poll).
+Two servers ("hosts", separate gunicorn masters) share one database, with subscribers on both.
+Changes are written through the hosts in turn at a steady rate, and each subscriber notes when
+each change reaches it. Latency is measured from just before the write is sent to the frame's
+arrival, split by whether the subscriber is on the host that took the write or on the other one.
+The second is what the cross-process wake-up buys: ``LISTEN``/``NOTIFY`` on PostgreSQL, the
+doorbell datagram on SQLite (without either, a change waits for the other follower's poll).
 
-Without ``--db-url`` it starts a private PostgreSQL cluster (Debian: ``apt-get install
+``--store sqlite --workers 1`` compares same-process with cross-process delivery on the embedded
+store. On PostgreSQL without ``--db-url`` it starts a private cluster (Debian: ``apt-get install
 postgresql``); everything it starts binds to 127.0.0.1 and is stopped when it ends.
 """
 from __future__ import annotations
@@ -79,18 +81,23 @@ def summary(label: str, millis: list[float]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--store", choices=("postgres", "sqlite"), default="postgres")
     parser.add_argument("--db-url", help="an existing PostgreSQL database (default: a private "
                                          "cluster)")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes per host")
     parser.add_argument("--events", type=int, default=1000, help="changes to write")
     parser.add_argument("--rate", type=float, default=100.0, help="changes per second")
     args = parser.parse_args()
 
     with ExitStack() as stack:
-        db_url = args.db_url or private_database(stack)
-        logs = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pg-hosts-")))
+        logs = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-hosts-")))
+        if args.store == "sqlite":
+            db_url = f"sqlite:///{logs}/bench.db"
+        else:
+            db_url = args.db_url or private_database(stack)
         hosts = []
         for n in range(HOSTS):
-            server = Server(db_url, workers=2, log_path=logs / f"host-{n}.log")
+            server = Server(db_url, workers=args.workers, log_path=logs / f"host-{n}.log")
             stack.callback(server.kill)
             hosts.append(server.start())
         subscribers = [Subscriber(n, host.url) for n, host in enumerate(hosts)
@@ -112,7 +119,8 @@ def main() -> None:
                 side = "same host" if subscriber.host == host else "other host"
                 latency[side].append((subscriber.arrived[key] - at) * 1000)
 
-    print(f"{args.events} changes at {args.rate:g}/s through {HOSTS} hosts x 2 workers, "
+    print(f"{args.store}: {args.events} changes at {args.rate:g}/s through {HOSTS} hosts x "
+          f"{args.workers} workers, "
           f"{len(subscribers)} subscribers; latency write sent -> frame received, ms")
     print(f"{'subscriber':<11} {'frames':>7} {'p50':>8} {'p90':>8} {'p99':>8} {'max':>8}")
     for label, millis in latency.items():
