@@ -1,0 +1,117 @@
+"""Server processes: start on a chosen core, find the whole tree, read its memory and CPU time."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+from pathlib import Path
+from typing import Sequence
+
+ROOT = Path(__file__).resolve().parent.parent
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def raise_file_limit() -> int:
+    """Soft limit up to the hard one (children inherit it); returns the new soft limit."""
+    import resource
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def pin(cpus: set[int] | None) -> None:
+    """Keep this process (and what it starts later) on ``cpus``; ``None`` leaves it free."""
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+
+
+class Process:
+    """A server process in its own session, so the whole tree stops together."""
+
+    def __init__(self, args: Sequence[str], env: dict[str, str], log: Path,
+                 cpus: set[int] | None, cwd: Path = ROOT) -> None:
+        self.args = list(args)
+        with open(log, "ab") as out:
+            self.popen = subprocess.Popen(
+                self.args, cwd=cwd, env={**os.environ, **env}, stdout=out,
+                stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=(lambda: pin(cpus)) if cpus else None)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self, timeout: float = 3.0) -> None:
+        """SIGTERM to the whole group, SIGKILL after ``timeout``: how a server shuts down is
+        not what is measured, and waiting out a graceful timeout would only slow the run."""
+        if not self.alive():
+            return
+        try:
+            os.killpg(self.pid, signal.SIGTERM)
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.pid, signal.SIGKILL)
+            self.popen.wait(5)
+        except ProcessLookupError:
+            pass
+
+
+def tree(root: int) -> list[int]:
+    """``root`` and all its descendants, from ``/proc``."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, ()))
+    return found
+
+
+def rss_kb(pids: Sequence[int]) -> int:
+    """Resident memory of ``pids`` summed, in KiB."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/statm") as f:
+                total += int(f.read().split()[1]) * PAGE_KB
+        except OSError:
+            pass
+    return total
+
+
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """User + system CPU time of ``pids`` summed."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except OSError:
+            pass
+    return total / CLOCK_TICKS
+
+
+def own_cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
