@@ -6,7 +6,10 @@ single-process server (the dev server, an embedding app) uses the default regist
 """
 from __future__ import annotations
 
+import bisect
 import os
+import threading
+import time
 
 from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge,
                                Histogram, generate_latest)
@@ -16,9 +19,10 @@ SUBSCRIBERS = Gauge("memory_events_subscribers", "Open event streams.", ["transp
 PUBLISHED = Counter("memory_events_published", "Changes committed to the event log.")
 DELIVERED = Counter("memory_events_delivered", "Events written to subscribers.", ["transport"])
 DISCONNECTS = Counter("memory_events_disconnects", "Streams that ended, by reason.", ["reason"])
+BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 DELIVERY_SECONDS = Histogram(
     "memory_events_delivery_seconds", "From the commit of a change to its frame being written.",
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0))
+    buckets=BUCKETS)
 
 for _transport in ("sse", "ws"):
     SUBSCRIBERS.labels(_transport)
@@ -27,8 +31,68 @@ for _reason in ("client", "overflow", "shutdown", "lifetime"):
     DISCONNECTS.labels(_reason)
 
 
+FLUSH_SECONDS = 0.5
+
+
+class Deliveries:
+    """Delivery counts and latencies, added up in memory and handed to Prometheus in bulk.
+
+    One delivery per event per subscriber is the hottest path of the service; a Prometheus
+    update there (a lock and, across processes, a write to a shared file) cost more than writing
+    the frame. Totals are flushed every ``FLUSH_SECONDS`` and whenever ``/metrics`` is read.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts = {"sse": 0, "ws": 0}
+        self._buckets = [0] * (len(BUCKETS) + 1)
+        self._sum = 0.0
+        self._flusher_pid: int | None = None
+
+    def record(self, transport: str, epochs: list[float]) -> None:
+        """``epochs``: the commit times of the events just written to one subscriber."""
+        now = time.time()
+        with self._lock:
+            self._counts[transport] += len(epochs)
+            for epoch in epochs:
+                seconds = max(0.0, now - epoch)
+                self._buckets[bisect.bisect_left(BUCKETS, seconds)] += 1
+                self._sum += seconds
+        if self._flusher_pid != os.getpid():
+            self._start_flusher()
+
+    def _start_flusher(self) -> None:
+        self._flusher_pid = os.getpid()
+        threading.Thread(target=self._flush_forever, name="memory-metrics", daemon=True).start()
+
+    def _flush_forever(self) -> None:
+        while True:
+            time.sleep(FLUSH_SECONDS)
+            self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            counts, buckets, total = self._counts, self._buckets, self._sum
+            self._counts = dict.fromkeys(counts, 0)
+            self._buckets = [0] * len(buckets)
+            self._sum = 0.0
+        for transport, count in counts.items():
+            if count:
+                DELIVERED.labels(transport).inc(count)
+        # The histogram has no bulk observe; its bucket and sum values are incremented directly.
+        for value, count in zip(DELIVERY_SECONDS._buckets, buckets):
+            if count:
+                value.inc(count)
+        if total:
+            DELIVERY_SECONDS._sum.inc(total)
+
+
+DELIVERIES = Deliveries()
+
+
 def render() -> tuple[bytes, str]:
     """The exposition text and its content type."""
+    DELIVERIES.flush()
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if directory:
         from prometheus_client import multiprocess

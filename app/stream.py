@@ -15,7 +15,7 @@ from typing import Iterator, Union
 from .broker import Close
 from .events import Event
 from .filters import EventFilter
-from .metrics import DELIVERED, DELIVERY_SECONDS, DISCONNECTS, SUBSCRIBERS
+from .metrics import DELIVERIES, DISCONNECTS, SUBSCRIBERS
 
 REPLAY_PAGE = 500
 BATCH_MAX = 256
@@ -129,7 +129,4 @@ class Stream:
                 yield Batch(matching)
 
     def _delivered(self, events: list[Event]) -> None:
-        now = time.time()
-        DELIVERED.labels(self.transport).inc(len(events))
-        for event in events:
-            DELIVERY_SECONDS.observe(max(0.0, now - event.epoch))
+        DELIVERIES.record(self.transport, [event.epoch for event in events])

@@ -6,6 +6,8 @@ costs nothing but latency: the follower's poll still finds the write.
 """
 from __future__ import annotations
 
+import atexit
+import contextlib
 import errno
 import hashlib
 import os
@@ -15,7 +17,7 @@ import threading
 import time
 from typing import Callable
 
-REFRESH_SECONDS = 1.0
+RELIST_SECONDS = 1.0
 
 
 class Doorbell:
@@ -25,7 +27,8 @@ class Doorbell:
         self._own: str | None = None
         self._sender: socket.socket | None = None
         self._peers: list[str] = []
-        self._listed = 0.0
+        self._listed_version = -1
+        self._listed_at = 0.0
 
     def listen(self, wake: Callable[[], None]) -> None:
         """Bind this process's socket and call ``wake`` for every ring it receives."""
@@ -36,6 +39,7 @@ class Doorbell:
         receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         receiver.bind(path)
         self._own = path
+        atexit.register(self._leave)
         threading.Thread(target=self._receive, args=(receiver, wake), name="memory-doorbell",
                          daemon=True).start()
 
@@ -47,9 +51,7 @@ class Doorbell:
 
     def ring(self) -> None:
         """Tell every other listening process that the log grew."""
-        now = time.monotonic()
-        if now - self._listed > REFRESH_SECONDS:
-            self._list_peers(now)
+        self._list_peers_if_changed()
         if self._sender is None:
             self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             self._sender.setblocking(False)
@@ -60,14 +62,29 @@ class Doorbell:
                 if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
                     self._forget(peer)
 
-    def _list_peers(self, now: float) -> None:
+    def _list_peers_if_changed(self) -> None:
+        """One ``stat`` per ring: the directory changes whenever a process joins or leaves.
+        A change within the same clock tick as the last listing is caught a second later."""
         try:
-            names = os.listdir(self.directory)
+            version = os.stat(self.directory).st_mtime_ns
         except FileNotFoundError:
-            names = []
-        self._peers = [os.path.join(self.directory, name) for name in names
-                       if name.endswith(".sock") and os.path.join(self.directory, name) != self._own]
-        self._listed = now
+            self._peers = []
+            return
+        now = time.monotonic()
+        if version == self._listed_version and now - self._listed_at < RELIST_SECONDS:
+            return
+        self._listed_version, self._listed_at = version, now
+        paths = (os.path.join(self.directory, name) for name in os.listdir(self.directory))
+        self._peers = [path for path in paths if path.endswith(".sock") and path != self._own]
+
+    def _leave(self) -> None:
+        """Remove this process's socket, and the directory once no process uses it."""
+        if self._own is None:
+            return
+        with contextlib.suppress(OSError):
+            os.unlink(self._own)
+        with contextlib.suppress(OSError):
+            os.rmdir(self.directory)
 
     def _forget(self, peer: str) -> None:
         """A socket nobody listens on any more belongs to a process that is gone."""
