@@ -50,6 +50,3 @@ class Event:
         if self._frame is None:
             self._frame = b"id: %d\ndata: %s\n\n" % (self.id, self.json.encode())
         return self._frame
-
-    def as_dict(self) -> dict:
-        return json.loads(self.json)

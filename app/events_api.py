@@ -49,6 +49,7 @@ def _open_stream(transport: str) -> Stream:
     """Validate everything before a stream starts, so mistakes are plain 4xx answers."""
     service = current_service()
     selection = from_query(request.args, service.settings)
+    service.follower.ensure_running()  # here, so a store that is down is a 503 like any other
     last_event_id = _last_event_id()
     if len(service.broker) >= service.settings.max_streams:
         raise ApiError(503, "too_many_streams", "This server holds as many streams as it may; "
@@ -58,7 +59,9 @@ def _open_stream(transport: str) -> Stream:
 
 @events.get("/memory/events/sse")
 def events_sse() -> Response:
-    return sse.sse_response(_open_stream("sse"))
+    stream = _open_stream("sse")
+    sse.bound_stalled_writes(request.environ, current_service().settings.heartbeat_seconds)
+    return sse.sse_response(stream)
 
 
 @events.before_request

@@ -1,6 +1,7 @@
 """The service one app instance runs: settings, store, broker and log follower, wired once."""
 from __future__ import annotations
 
+import logging
 import threading
 
 from flask import current_app
@@ -12,6 +13,7 @@ from .settings import Settings
 from .store import Record, Store, open_store
 
 EXTENSION = "memory_events"
+log = logging.getLogger(__name__)
 
 
 class Service:
@@ -58,8 +60,13 @@ class Service:
         return old
 
     def _committed(self) -> None:
+        """The change is durable; nothing here may turn its answer into an error."""
         PUBLISHED.inc()
-        self.follower.ensure_running()
+        try:
+            self.follower.ensure_running()
+        except Exception:  # the next stream or write starts it; the log has the change
+            log.exception("could not start the log follower")
+            return
         self.follower.wake()
 
 

@@ -1,7 +1,9 @@
 """Server-Sent Events framing of a ``Stream``."""
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 from typing import Iterator
 
 from flask import Response
@@ -12,6 +14,7 @@ RETRY_MS = 1000
 CONNECTED = b": connected\nretry: %d\n\n" % RETRY_MS
 KEEPALIVE = b": keepalive\n\n"
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+TCP_USER_TIMEOUT = getattr(socket, "TCP_USER_TIMEOUT", 18)  # Linux
 
 
 def control_frame(event: str, data: dict) -> bytes:
@@ -32,6 +35,24 @@ def frames(stream: Stream) -> Iterator[bytes]:
         elif isinstance(item, End):
             yield control_frame(item.reason, {"last_id": str(item.last_id)})
             return
+
+
+def bound_stalled_writes(environ: dict, heartbeat_seconds: float) -> None:
+    """Let a write to a client that went silent fail instead of waiting forever.
+
+    The server's socket has no timeout, so a client that vanished without a reset (a cut
+    network, a sleeping laptop) or stopped reading would hold its stream until TCP gave up, a
+    quarter of an hour later. Unacknowledged data now fails the connection after two heartbeats
+    (the keepalive comments are that data), and a write blocked by a full window fails after
+    two heartbeats or five seconds, whichever is longer.
+    """
+    sock = environ.get("gunicorn.socket") or environ.get("werkzeug.socket")
+    if not isinstance(sock, socket.socket):
+        return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, TCP_USER_TIMEOUT,
+                        max(1000, int(2000 * heartbeat_seconds)))
+    sock.settimeout(max(5.0, 2 * heartbeat_seconds))
 
 
 def sse_response(stream: Stream) -> Response:

@@ -63,7 +63,6 @@ class Stream:
 
     def __iter__(self) -> Iterator[Item]:
         service, settings = self.service, self.service.settings
-        service.follower.ensure_running()
         subscriber = service.broker.subscribe(self.selection, self.transport)
         SUBSCRIBERS.labels(self.transport).inc()
         reason = "client"
@@ -87,7 +86,7 @@ class Stream:
                 wait = min(settings.heartbeat_seconds, deadline - time.monotonic())
                 if wait <= 0:
                     reason = "lifetime"
-                    yield End(reason, subscriber.start_id if sent is None else sent)
+                    yield End(reason, floor if sent is None else sent)
                     return
                 items = subscriber.take(wait, BATCH_MAX)
                 if not items:
@@ -102,7 +101,7 @@ class Stream:
                     self._delivered(batch)
                 if close is not None:
                     reason = close.reason
-                    yield End(reason, subscriber.start_id if sent is None else sent)
+                    yield End(reason, floor if sent is None else sent)
                     return
         finally:
             service.broker.unsubscribe(subscriber)
@@ -110,17 +109,21 @@ class Stream:
             DISCONNECTS.labels(reason).inc()
 
     def _replay(self, upto: int) -> Iterator[Item]:
-        """Logged events after ``last_event_id`` up to where live delivery starts."""
+        """Logged events after ``last_event_id`` up to where live delivery starts.
+
+        Retention may trim while a slow client is replayed; a page read after a trim that
+        reached past the cursor could skip events, so that is a reset too.
+        """
         store, cursor = self.service.store, self.last_event_id
         assert cursor is not None
-        if cursor < store.trimmed_through():
-            yield Reset("history_trimmed", store.oldest_id())
-            return
         if cursor > upto and cursor > store.head_id():
             yield Reset("unknown_last_event_id", store.oldest_id())
             return
-        while cursor < upto:
+        while True:
             page = store.events(cursor, REPLAY_PAGE, upto_id=upto, where=self.selection.log)
+            if store.trimmed_through() > cursor:
+                yield Reset("history_trimmed", store.oldest_id())
+                return
             if not page:
                 return
             cursor = page[-1].id

@@ -1,6 +1,7 @@
 """SQLite: the embedded default. WAL mode, short transactions, a few pooled connections."""
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import sqlite3
@@ -10,6 +11,8 @@ from typing import Any, Callable, Iterator
 
 from .base import SqlStore, StoreUnavailable
 from .doorbell import Doorbell
+
+log = logging.getLogger(__name__)
 
 
 class SqliteStore(SqlStore):
@@ -88,19 +91,25 @@ class SqliteStore(SqlStore):
                 raise StoreUnavailable(str(exc)) from exc
             try:
                 yield cur
-            except BaseException:
-                conn.rollback()
-                raise
-            else:
                 conn.commit()
-                if self._doorbell is not None:
-                    self._doorbell.ring()
+            except BaseException as exc:
+                conn.rollback()  # also after a failed commit: never pool a connection mid-write
+                if isinstance(exc, sqlite3.OperationalError):  # disk full, I/O error, busy
+                    raise StoreUnavailable(str(exc)) from exc
+                raise
             finally:
                 cur.close()
+            if self._doorbell is not None:
+                self._doorbell.ring()
 
     def watch(self, wake: Callable[[], None]) -> None:
-        if self._doorbell is not None:
+        if self._doorbell is None:
+            return
+        try:
             self._doorbell.listen(wake)
+        except OSError as exc:  # the poll still finds other processes' writes, only later
+            log.warning("no doorbell at %s (%s); polling every %ss",
+                        self._doorbell.directory, exc, self.poll_seconds)
 
     def close(self) -> None:
         while True:
