@@ -5,6 +5,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
+from .store import parse_url
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -41,14 +43,16 @@ class Settings:
                 values[field] = parse(raw)
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"{name}={raw!r} is not valid: {exc}") from None
-        return cls(**values)
+        settings = cls(**values)
+        parse_url(settings.db_url)  # a bad URL stops the start, not the first request
+        return settings
 
 
 def _positive(kind: Callable[[Any], Any]) -> Callable[[Any], Any]:
     def parse(raw: Any) -> Any:
         value = kind(raw)
-        if value <= 0:
-            raise ValueError("must be greater than zero")
+        if not 0 < value < float("inf"):
+            raise ValueError("must be a finite number greater than zero")
         return value
     return parse
 

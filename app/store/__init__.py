@@ -5,19 +5,28 @@ from urllib.parse import unquote, urlsplit
 
 from .base import LogFilter, Record, SqlStore, Store, StoreUnavailable
 
-__all__ = ["LogFilter", "Record", "SqlStore", "Store", "StoreUnavailable", "open_store"]
+__all__ = ["LogFilter", "Record", "SqlStore", "Store", "StoreUnavailable", "open_store",
+           "parse_url"]
+
+
+def parse_url(url: str) -> tuple[str, str]:
+    """``("sqlite", path)`` or ``("postgresql", url)``; a ``ValueError`` saying what is wrong."""
+    scheme = urlsplit(url).scheme
+    if scheme == "sqlite":
+        path = unquote(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else ""
+        if not path:
+            raise ValueError(f"MEMORY_DB_URL={url!r}: expected sqlite:///path/to/file.db")
+        return "sqlite", path
+    if scheme in ("postgres", "postgresql"):
+        return "postgresql", url
+    raise ValueError(f"MEMORY_DB_URL={url!r}: unsupported scheme {scheme!r} (sqlite or postgresql)")
 
 
 def open_store(url: str) -> Store:
     """``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db`` or ``postgresql://…``."""
-    scheme = urlsplit(url).scheme
-    if scheme == "sqlite":
+    kind, target = parse_url(url)
+    if kind == "sqlite":
         from .sqlite import SqliteStore
-        path = unquote(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else ""
-        if not path:
-            raise ValueError(f"MEMORY_DB_URL={url!r}: expected sqlite:///path/to/file.db")
-        return SqliteStore(path)
-    if scheme in ("postgres", "postgresql"):
-        from .postgres import PostgresStore
-        return PostgresStore(url)
-    raise ValueError(f"MEMORY_DB_URL={url!r}: unsupported scheme {scheme!r} (sqlite or postgresql)")
+        return SqliteStore(target)
+    from .postgres import PostgresStore
+    return PostgresStore(target)
