@@ -10,6 +10,7 @@ from simple_websocket import Server
 
 from . import sse, ws
 from .errors import ApiError
+from .events import Event
 from .filters import EventFilter, from_query
 from .security import require_api_key, same_origin_or_allowed
 from .service import current_service
@@ -110,11 +111,11 @@ def _since(value: str | None) -> float | None:
 
 
 def history_events(selection: EventFilter, since: float | None, limit: int,
-                   after_id: int | None) -> list:
+                   after_id: int | None) -> list[Event]:
     """Matching events oldest first: the last ``limit``, or the first ``limit`` after an id."""
     store = current_service().store
     where = LogFilter(selection.scope, selection.scope_id, since)
-    found: list = []
+    found: list[Event] = []
     cursor = after_id
     while len(found) < limit:
         if after_id is not None:

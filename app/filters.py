@@ -31,18 +31,16 @@ class EventFilter:
 
 def from_query(args: Mapping[str, str], settings: Settings) -> EventFilter:
     """Parse ``scope``, ``scope_id`` and ``patterns``; a bad glob is a 400 before any stream."""
-    raw = args.get("patterns")
-    entries = [p.strip() for p in (raw or "").split(",") if p.strip()]
-    if len(entries) > settings.max_patterns:
-        raise ApiError(400, "too_many_patterns",
-                       f"At most {settings.max_patterns} patterns are allowed; got {len(entries)}.")
-    for entry in entries:
-        if len(entry) > settings.max_pattern_length:
-            raise ApiError(400, "invalid_pattern", f"Pattern '{entry[:40]}…' is longer than "
-                           f"{settings.max_pattern_length} characters.")
     try:
-        patterns = split_patterns(raw)
+        patterns = split_patterns(args.get("patterns"))
     except InvalidPattern as exc:
         raise ApiError(400, "invalid_pattern", str(exc)) from None
+    if len(patterns) > settings.max_patterns:
+        raise ApiError(400, "too_many_patterns", f"At most {settings.max_patterns} patterns are "
+                                                 f"allowed; got {len(patterns)}.")
+    for pattern in patterns:
+        if len(pattern) > settings.max_pattern_length:
+            raise ApiError(400, "invalid_pattern", f"Pattern '{pattern[:40]}…' is longer than "
+                           f"{settings.max_pattern_length} characters.")
     scope_id = optional_text(args.get("scope_id"), "scope_id")
     return EventFilter(check_scope(args.get("scope")), scope_id, patterns)

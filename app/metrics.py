@@ -47,7 +47,12 @@ class Deliveries:
         self._counts = {"sse": 0, "ws": 0}
         self._buckets = [0] * (len(BUCKETS) + 1)
         self._sum = 0.0
-        self._flusher_pid: int | None = None
+        self._flushing = False
+        # A forked worker starts with the parent's flag but without its flusher thread.
+        os.register_at_fork(after_in_child=self._forked)
+
+    def _forked(self) -> None:
+        self._flushing = False
 
     def record(self, transport: str, epochs: list[float]) -> None:
         """``epochs``: the commit times of the events just written to one subscriber."""
@@ -58,11 +63,11 @@ class Deliveries:
                 seconds = max(0.0, now - epoch)
                 self._buckets[bisect.bisect_left(BUCKETS, seconds)] += 1
                 self._sum += seconds
-        if self._flusher_pid != os.getpid():
+        if not self._flushing:
             self._start_flusher()
 
     def _start_flusher(self) -> None:
-        self._flusher_pid = os.getpid()
+        self._flushing = True
         threading.Thread(target=self._flush_forever, name="memory-metrics", daemon=True).start()
 
     def _flush_forever(self) -> None:

@@ -6,7 +6,7 @@ import signal
 import socket
 import subprocess
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -87,29 +87,31 @@ def tree(root: int) -> list[int]:
     return found
 
 
-def rss_kb(pids: Sequence[int]) -> int:
-    """Resident memory of ``pids`` summed, in KiB."""
+def _proc_sum(pids: Sequence[int], name: str, read: Callable[[str], int]) -> int:
+    """``read`` applied to ``/proc/<pid>/<name>`` of each pid, summed; gone processes count 0."""
     total = 0
     for pid in pids:
         try:
-            with open(f"/proc/{pid}/statm") as f:
-                total += int(f.read().split()[1]) * PAGE_KB
+            with open(f"/proc/{pid}/{name}") as f:
+                total += read(f.read())
         except OSError:
             pass
     return total
 
 
+def rss_kb(pids: Sequence[int]) -> int:
+    """Resident memory of ``pids`` summed, in KiB."""
+    return _proc_sum(pids, "statm", lambda text: int(text.split()[1]) * PAGE_KB)
+
+
+def _cpu_ticks(stat: str) -> int:
+    fields = stat.rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
 def cpu_seconds(pids: Sequence[int]) -> float:
     """User + system CPU time of ``pids`` summed."""
-    total = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-        except OSError:
-            pass
-    return total / CLOCK_TICKS
+    return _proc_sum(pids, "stat", _cpu_ticks) / CLOCK_TICKS
 
 
 def own_cpu_seconds() -> float:
