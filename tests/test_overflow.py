@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from pathlib import Path
 
 import requests
@@ -28,11 +29,13 @@ class FrozenReader:
             self.buffer += self.sock.recv(4096)
         assert b" 200 " in self.buffer
 
-    def thaw(self) -> bytes:
-        """Read everything until the server ends the response."""
-        self.sock.settimeout(30)
+    def thaw(self, timeout: float = 60) -> bytes:
+        """Read everything until the server ends the response (keepalives don't count)."""
+        deadline = time.monotonic() + timeout
+        self.sock.settimeout(timeout)
         chunks = [self.buffer]
         while not chunks[-1].endswith(b"0\r\n\r\n"):
+            assert time.monotonic() < deadline, "the server never ended the stream"
             data = self.sock.recv(1 << 20)
             if not data:
                 break
