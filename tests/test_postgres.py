@@ -13,7 +13,6 @@ import psycopg
 import pytest
 import requests
 
-from app.store.postgres import LOG_LOCK
 
 from .api import history_ids, put
 from .conftest import STORES, PostgresCluster, Server, wait_until
@@ -23,9 +22,10 @@ POSTGRES_ONLY = pytest.mark.parametrize("db_url", [s for s in STORES if s == "po
                                         indirect=True)
 #: the listening connections' backends, as ``pg_stat_activity`` shows them
 LISTENERS = "SELECT pid FROM pg_stat_activity WHERE query = 'LISTEN memory_events'"
-#: backends of this database waiting for an advisory lock
-LOCK_WAITERS = ("SELECT count(*) FROM pg_stat_activity "
-                "WHERE wait_event = 'advisory' AND datname = current_database()")
+#: backends of this database waiting for a row another transaction holds (the log's advisory
+#: lock is left out: the follower's retention pass may wait for it too)
+ROW_LOCK_WAITERS = ("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND wait_event <> 'advisory' AND datname = current_database()")
 
 
 def start_hosts(server_factory, **env: str) -> list[Server]:
@@ -183,7 +183,7 @@ def test_a_query_waiting_in_postgres_leaves_its_worker_serving(server_factory, d
     """psycopg waits through gevent: while one request waits inside PostgreSQL, the same single
     worker goes on answering others instead of stalling until that query returns."""
     server = server_factory()
-    put(server.url, "opened", 0)
+    put(server.url, "queued", 0)
     writes: list[requests.Response] = []
 
     def write() -> None:
@@ -191,16 +191,16 @@ def test_a_query_waiting_in_postgres_leaves_its_worker_serving(server_factory, d
                              json={"key": "queued", "data": 1}))
 
     def waiters() -> int:
-        return holder.execute(LOCK_WAITERS).fetchone()[0]
+        return watcher.execute(ROW_LOCK_WAITERS).fetchone()[0]
 
-    with psycopg.connect(db_url, autocommit=True) as holder:
-        holder.execute("SELECT pg_advisory_lock(%s)", (LOG_LOCK,))
+    with psycopg.connect(db_url, autocommit=True) as watcher, psycopg.connect(db_url) as holder:
+        holder.execute("SELECT 1 FROM memory WHERE key = 'queued' FOR UPDATE")
         writer = threading.Thread(target=write)
         writer.start()
-        wait_until(lambda: waiters() == 1, message="the write to wait for the log lock")
+        wait_until(lambda: waiters() == 1, message="the write to wait for the row")
         assert answer("GET", server.url + "/healthz").status_code == 200
         assert not writes, f"the write was answered first: {writes[0].status_code}"
         assert waiters() == 1
-        holder.execute("SELECT pg_advisory_unlock(%s)", (LOG_LOCK,))
+        holder.rollback()
     writer.join()
     assert writes[0].status_code == 200
