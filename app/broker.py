@@ -1,8 +1,10 @@
-"""In-process fan-out: one bounded queue per subscriber, fed by the log follower.
+"""In-process fan-out: one bounded mailbox per subscriber, fed by the log follower.
 
-Publishing never waits for a subscriber. A subscriber whose queue is full is cut off at once:
-its queue is emptied (so a frozen reader holds no memory) and it is told to end with
-``overflow``; the client resumes from the last id it was sent and loses nothing.
+Publishing never waits for a subscriber. Subscribers with the same filter form a group: each
+change is filtered once per group, and the group's subscribers all get the same ``Bundle``, so
+its frames are encoded and joined once. A subscriber whose mailbox would hold more than its
+limit is cut off at once: the mailbox is emptied (so a frozen reader holds no memory) and it is
+told to end with ``overflow``; the client resumes from the last id it was sent and loses nothing.
 """
 from __future__ import annotations
 
@@ -10,9 +12,9 @@ import threading
 import weakref
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable
 
-from .events import Event
+from .events import Bundle, Event
+from .filters import EventFilter
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,47 +24,62 @@ class Close:
 
 
 class Subscriber:
-    """One stream's mailbox: events in log order, at most ``maxsize`` waiting.
+    """One stream's mailbox: bundles in log order, at most ``maxsize`` events waiting.
 
-    A deque under a condition rather than ``queue.Queue``: a batch goes in with one lock and one
-    wake-up, the reader takes everything waiting in one call, and it behaves the same whether
-    ``threading`` is real or patched by gevent.
+    A deque under a lock, with an event to wake the reader, rather than ``queue.Queue``: the
+    reader takes everything waiting in one call and writes it at once. An event rather than a
+    condition because every change wakes every subscriber it matches, and under gevent a
+    condition's notify costs ten times an event's set.
     """
 
-    __slots__ = ("accepts", "start_id", "transport", "_maxsize", "_items", "_ready", "__weakref__")
+    __slots__ = ("selection", "start_id", "transport", "_maxsize", "_items", "_waiting", "_lock",
+                 "_ready", "__weakref__")
 
-    def __init__(self, accepts: Callable[[Event], bool], maxsize: int, start_id: int,
+    def __init__(self, selection: EventFilter, maxsize: int, start_id: int,
                  transport: str) -> None:
-        self.accepts = accepts
+        self.selection = selection
         self.start_id = start_id
         self.transport = transport
         self._maxsize = maxsize
-        self._items: deque[Event | Close] = deque()
-        self._ready = threading.Condition(threading.Lock())
+        self._items: deque[Bundle | Close] = deque()
+        self._waiting = 0  # events in ``_items``
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
 
-    def offer(self, events: list[Event]) -> bool:
-        """Queue ``events``, or nothing and ``False`` if more than ``maxsize`` would wait."""
-        with self._ready:
-            if len(self._items) + len(events) > self._maxsize:
+    def offer(self, bundle: Bundle) -> bool:
+        """Queue ``bundle``, or nothing and ``False`` if more than ``maxsize`` events would wait."""
+        with self._lock:
+            if self._waiting + len(bundle) > self._maxsize:
                 return False
-            self._items.extend(events)
-            self._ready.notify()
-            return True
+            self._items.append(bundle)
+            self._waiting += len(bundle)
+        self._ready.set()
+        return True
 
     def close(self, reason: str) -> None:
         """Drop what is waiting (a stuck reader holds no memory) and queue the end."""
-        with self._ready:
+        with self._lock:
             self._items.clear()
             self._items.append(Close(reason))
-            self._ready.notify()
+            self._waiting = 0
+        self._ready.set()
 
-    def take(self, timeout: float, limit: int) -> list[Event | Close]:
-        """Up to ``limit`` waiting items, waiting at most ``timeout`` for the first."""
-        with self._ready:
-            if not self._items:
-                self._ready.wait(timeout)
-            items = self._items
-            return [items.popleft() for _ in range(min(limit, len(items)))]
+    def take(self, timeout: float, limit: int) -> list[Bundle | Close]:
+        """Waiting bundles, whole, until they hold ``limit`` events (or the end, if queued),
+        after waiting at most ``timeout`` for the first."""
+        self._ready.clear()  # before looking, so an offer made after the look still wakes us
+        if not self._items:
+            self._ready.wait(timeout)
+        taken: list[Bundle | Close] = []
+        events = 0
+        with self._lock:
+            while self._items and events < limit:
+                item = self._items.popleft()
+                taken.append(item)
+                if isinstance(item, Bundle):
+                    events += len(item)
+            self._waiting -= events
+        return taken
 
 
 class Broker:
@@ -70,43 +87,58 @@ class Broker:
         self.head_id = head_id
         self.maxsize = maxsize
         self._lock = threading.Lock()
-        self._subscribers: set[Subscriber] = set()
+        self._groups: dict[EventFilter, set[Subscriber]] = {}
+        self._count = 0
         _BROKERS.add(self)
 
     def __len__(self) -> int:
-        return len(self._subscribers)
+        return self._count
 
-    def subscribe(self, accepts: Callable[[Event], bool], transport: str) -> Subscriber:
+    def subscribe(self, selection: EventFilter, transport: str) -> Subscriber:
         """Register a subscriber; every event published later than ``start_id`` reaches it."""
         with self._lock:
-            subscriber = Subscriber(accepts, self.maxsize, self.head_id, transport)
-            self._subscribers.add(subscriber)
+            subscriber = Subscriber(selection, self.maxsize, self.head_id, transport)
+            self._groups.setdefault(selection, set()).add(subscriber)
+            self._count += 1
             return subscriber
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
         with self._lock:
-            self._subscribers.discard(subscriber)
+            self._remove(subscriber)
+
+    def _remove(self, subscriber: Subscriber) -> None:
+        group = self._groups.get(subscriber.selection)
+        if group is None or subscriber not in group:
+            return
+        group.remove(subscriber)
+        self._count -= 1
+        if not group:
+            del self._groups[subscriber.selection]
 
     def publish(self, events: list[Event]) -> None:
         """Hand events, in log order, to every subscriber whose filter accepts them."""
         overflowed: list[Subscriber] = []
         with self._lock:
-            for subscriber in self._subscribers:
-                accepted = [event for event in events if subscriber.accepts(event)]
-                if accepted and not subscriber.offer(accepted):
-                    subscriber.close("overflow")
-                    overflowed.append(subscriber)
+            for selection, group in self._groups.items():
+                accepted = [event for event in events if selection(event)]
+                if not accepted:
+                    continue
+                bundle = Bundle(accepted)
+                overflowed += [subscriber for subscriber in group if not subscriber.offer(bundle)]
             for subscriber in overflowed:
-                self._subscribers.discard(subscriber)
+                subscriber.close("overflow")
+                self._remove(subscriber)
             if events:
                 self.head_id = events[-1].id
 
     def close_all(self, reason: str) -> None:
         """End every stream of this broker (graceful shutdown)."""
         with self._lock:
-            for subscriber in self._subscribers:
-                subscriber.close(reason)
-            self._subscribers.clear()
+            for group in self._groups.values():
+                for subscriber in group:
+                    subscriber.close(reason)
+            self._groups.clear()
+            self._count = 0
 
 
 _BROKERS: "weakref.WeakSet[Broker]" = weakref.WeakSet()

@@ -50,3 +50,47 @@ class Event:
         if self._frame is None:
             self._frame = b"id: %d\ndata: %s\n\n" % (self.id, self.json.encode())
         return self._frame
+
+
+class Bundle:
+    """Events written to a subscriber together, in log order.
+
+    The broker makes one bundle per change and per distinct filter, and hands that same object
+    to every subscriber with the filter, so the frames are joined, and the commit times sorted
+    for the latency metric, once however many subscribers write them.
+    """
+
+    __slots__ = ("events", "_sse", "_epochs")
+
+    def __init__(self, events: list[Event]) -> None:
+        self.events = events
+        self._sse: bytes | None = None
+        self._epochs: list[float] | None = None
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+    @property
+    def last_id(self) -> int:
+        return self.events[-1].id
+
+    @property
+    def sse(self) -> bytes:
+        """The events' SSE frames as one write."""
+        if self._sse is None:
+            self._sse = b"".join(event.sse_frame for event in self.events)
+        return self._sse
+
+    @property
+    def epochs(self) -> list[float]:
+        """Commit times, ascending."""
+        if self._epochs is None:
+            self._epochs = sorted(event.epoch for event in self.events)
+        return self._epochs
+
+    def after(self, event_id: int) -> "Bundle | None":
+        """The events newer than ``event_id``: this bundle, a part of it, or none."""
+        if self.events[0].id > event_id:
+            return self
+        newer = [event for event in self.events if event.id > event_id]
+        return Bundle(newer) if newer else None

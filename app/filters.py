@@ -12,9 +12,13 @@ from .store import LogFilter
 
 
 class EventFilter:
-    """Decides whether an event reaches a subscriber; checked for every event it could see."""
+    """Decides whether an event reaches a subscriber; checked for every event it could see.
 
-    __slots__ = ("scope", "scope_id", "keys", "log")
+    Filters built from the same query are equal, so the broker checks each event once for all
+    the subscribers that share one.
+    """
+
+    __slots__ = ("scope", "scope_id", "keys", "log", "_key")
 
     def __init__(self, scope: str | None = None, scope_id: str | None = None,
                  patterns: tuple[str, ...] = ()) -> None:
@@ -22,6 +26,13 @@ class EventFilter:
         self.scope_id = scope_id
         self.keys = KeyMatcher(patterns) if patterns else None
         self.log = LogFilter(scope, scope_id)
+        self._key = (scope, scope_id, patterns)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, EventFilter) and self._key == other._key
+
+    def __hash__(self) -> int:
+        return hash(self._key)
 
     def __call__(self, event: Event) -> bool:
         return ((self.scope is None or event.scope == self.scope)

@@ -7,12 +7,15 @@ single-process server (the dev server, an embedding app) uses the default regist
 from __future__ import annotations
 
 import bisect
+import math
 import os
 import threading
 import time
 
 from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge,
                                Histogram, generate_latest)
+
+from .events import Bundle
 
 SUBSCRIBERS = Gauge("memory_events_subscribers", "Open event streams.", ["transport"],
                     multiprocess_mode="livesum")
@@ -54,15 +57,13 @@ class Deliveries:
     def _forked(self) -> None:
         self._flushing = False
 
-    def record(self, transport: str, epochs: list[float]) -> None:
-        """``epochs``: the commit times of the events just written to one subscriber."""
+    def record(self, transport: str, bundles: list[Bundle]) -> None:
+        """``bundles``: what was just written to one subscriber."""
         now = time.time()
         with self._lock:
-            self._counts[transport] += len(epochs)
-            for epoch in epochs:
-                seconds = max(0.0, now - epoch)
-                self._buckets[bisect.bisect_left(BUCKETS, seconds)] += 1
-                self._sum += seconds
+            for bundle in bundles:
+                self._counts[transport] += len(bundle)
+                self._sum += _add_latencies(self._buckets, bundle.epochs, now)
         if not self._flushing:
             self._start_flusher()
 
@@ -90,6 +91,26 @@ class Deliveries:
                 value.inc(count)
         if total:
             DELIVERY_SECONDS._sum.inc(total)
+
+
+def _add_latencies(buckets: list[int], epochs: list[float], now: float) -> float:
+    """Count each ``now - epoch`` into its bucket and return their sum (negative ones, from a
+    clock behind another host's, as zero).
+
+    Each bucket's count comes from a search of the sorted epochs, so a bundle costs a few
+    searches however many events it holds, and its subscribers all share the sorting.
+    """
+    counted = 0
+    for index, bound in enumerate(BUCKETS):
+        within = len(epochs) - bisect.bisect_left(epochs, now - bound)
+        buckets[index] += within - counted
+        counted = within
+        if counted == len(epochs):
+            break
+    else:
+        buckets[-1] += len(epochs) - counted
+    past = bisect.bisect_right(epochs, now)
+    return math.fsum(now - epoch for epoch in epochs[:past])
 
 
 DELIVERIES = Deliveries()

@@ -25,7 +25,7 @@ def frames(stream: Stream) -> Iterator[bytes]:
     """Each yield is one write. The first, a comment, is what makes the server send headers."""
     for item in stream:
         if isinstance(item, Batch):
-            yield b"".join(event.sse_frame for event in item.events)
+            yield b"".join(bundle.sse for bundle in item.bundles)
         elif isinstance(item, Idle):
             yield KEEPALIVE
         elif isinstance(item, Opened):

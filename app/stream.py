@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from typing import Iterator, Union
 
 from .broker import Close
-from .events import Event
+from .events import Bundle
 from .filters import EventFilter
 from .metrics import DELIVERIES, DISCONNECTS, SUBSCRIBERS
 
 REPLAY_PAGE = 500
-BATCH_MAX = 256
+BATCH_MAX = 256  # events per write, about 80 KB
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +33,12 @@ class Idle:
 
 @dataclass(frozen=True, slots=True)
 class Batch:
-    events: list[Event]
+    """Events to write at once, in log order."""
+    bundles: list[Bundle]
+
+    @property
+    def last_id(self) -> int:
+        return self.bundles[-1].last_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,8 +82,8 @@ class Stream:
                 for item in self._replay(floor):
                     yield item
                     if isinstance(item, Batch):
-                        sent = item.events[-1].id
-                        self._delivered(item.events)
+                        sent = item.last_id
+                        self._delivered(item)
                     resumed = not isinstance(item, Reset)
                 if resumed:  # a client ahead of this follower: skip what it already has
                     floor = max(floor, self.last_event_id)
@@ -93,11 +98,12 @@ class Stream:
                     if time.monotonic() < deadline:
                         yield Idle()
                     continue
-                batch = [item for item in items if isinstance(item, Event) and item.id > floor]
-                close = items[-1] if isinstance(items[-1], Close) else None
-                if batch:
-                    yield Batch(batch)
-                    sent = batch[-1].id
+                close = items.pop() if isinstance(items[-1], Close) else None
+                newer = [bundle.after(floor) for bundle in items]
+                batch = Batch([bundle for bundle in newer if bundle is not None])
+                if batch.bundles:
+                    yield batch
+                    sent = batch.last_id
                     self._delivered(batch)
                 if close is not None:
                     reason = close.reason
@@ -129,7 +135,7 @@ class Stream:
             cursor = page[-1].id
             matching = [event for event in page if self.selection(event)]
             if matching:
-                yield Batch(matching)
+                yield Batch([Bundle(matching)])
 
-    def _delivered(self, events: list[Event]) -> None:
-        DELIVERIES.record(self.transport, [event.epoch for event in events])
+    def _delivered(self, batch: Batch) -> None:
+        DELIVERIES.record(self.transport, batch.bundles)

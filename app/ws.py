@@ -61,7 +61,7 @@ def control(kind: str, **fields: str) -> str:
 def messages(item: Item) -> list[str]:
     """The text messages ``item`` becomes; ``Opened`` and ``Idle`` become none."""
     if isinstance(item, Batch):
-        return [event.json for event in item.events]
+        return [event.json for bundle in item.bundles for event in bundle.events]
     if isinstance(item, Reset):
         return [control("reset", reason=item.reason, oldest_id=str(item.oldest_id))]
     if isinstance(item, End):

@@ -1,4 +1,4 @@
-"""The table of medians and ratios, the targets of issue 6, and the results file."""
+"""The table of medians and ratios, the service's targets, and the results file."""
 from __future__ import annotations
 
 import json
@@ -118,7 +118,7 @@ def render_table(values: dict[str, dict[str, Any]], table: list[Row],
 
 
 def targets(rounds: dict[str, list[dict]], idle_streams: int, many: int) -> list[dict]:
-    """Issue 6's targets for this service with 1 worker: value, limit, met."""
+    """The targets for this service with 1 worker: value, limit, met."""
     ours, raw = rounds.get(OURS), rounds.get("raw")
     if not ours:
         return []
