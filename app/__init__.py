@@ -6,6 +6,7 @@ from typing import Any, Mapping
 from flask import Flask
 
 from .cli import events_cli
+from .direct import remember_start_response
 from .errors import error_response, register_error_handlers
 from .events_api import events
 from .memory_api import memory
@@ -41,4 +42,5 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(ops)
     app.cli.add_command(events_cli)
     app.register_blueprint(page)
+    app.wsgi_app = remember_start_response(app.wsgi_app)
     return app

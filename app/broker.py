@@ -9,12 +9,15 @@ told to end with ``overflow``; the client resumes from the last id it was sent a
 from __future__ import annotations
 
 import threading
+import time
 import weakref
 from collections import deque
 from dataclasses import dataclass
 
+from .direct import DirectWriter
 from .events import Bundle, Event
 from .filters import EventFilter
+from .metrics import DELIVERIES
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,25 +32,45 @@ class Subscriber:
     A deque under a lock, with an event to wake the reader, rather than ``queue.Queue``: the
     reader takes everything waiting in one call and writes it at once. An event rather than a
     condition because every change wakes every subscriber it matches, and under gevent a
-    condition's notify costs ten times an event's set.
+    condition's notify costs ten times an event's set. With a ``DirectWriter`` attached, a
+    bundle offered while the reader waits with nothing queued is written at once instead.
     """
 
-    __slots__ = ("selection", "start_id", "transport", "_maxsize", "_items", "_waiting", "_lock",
-                 "_ready", "__weakref__")
+    __slots__ = ("selection", "start_id", "transport", "floor", "sent_id", "wrote_at", "_maxsize",
+                 "_items", "_waiting", "_lock", "_ready", "_writer", "_idle", "__weakref__")
 
     def __init__(self, selection: EventFilter, maxsize: int, start_id: int,
                  transport: str) -> None:
         self.selection = selection
         self.start_id = start_id
         self.transport = transport
+        self.floor = start_id  # events up to here are not for this stream
+        self.sent_id: int | None = None  # the newest event written to it
+        self.wrote_at = time.monotonic()  # when it was last written to
         self._maxsize = maxsize
         self._items: deque[Bundle | Close] = deque()
         self._waiting = 0  # events in ``_items``
         self._lock = threading.Lock()
         self._ready = threading.Event()
+        self._writer: DirectWriter | None = None
+        self._idle = False  # waiting in ``take`` with nothing queued and nothing unsent
+
+    @property
+    def last_id(self) -> int:
+        """Where the client resumes: the newest event it was sent, or the floor."""
+        return self.floor if self.sent_id is None else self.sent_id
+
+    def attach(self, writer: DirectWriter | None) -> None:
+        """Let offers write to the stream's socket directly while it waits (gevent only: a
+        waiting stream and the publisher never run at once)."""
+        if writer is not None and writer.usable:
+            self._writer = writer
+        self.wrote_at = time.monotonic()
 
     def offer(self, bundle: Bundle) -> bool:
         """Queue ``bundle``, or nothing and ``False`` if more than ``maxsize`` events would wait."""
+        if self._idle and self._write(bundle):
+            return True
         with self._lock:
             if self._waiting + len(bundle) > self._maxsize:
                 return False
@@ -56,12 +79,30 @@ class Subscriber:
         self._ready.set()
         return True
 
+    def _write(self, bundle: Bundle) -> bool:
+        """Write ``bundle`` to the waiting stream; ``False`` leaves it to the stream."""
+        assert self._writer is not None
+        newer = bundle.after(self.floor)
+        if newer is None:
+            return True
+        if not self._writer.write(newer):
+            self._idle = False  # the stream's own write will find out what went wrong
+            return False
+        self.sent_id = newer.last_id
+        self.wrote_at = time.monotonic()
+        DELIVERIES.record(self.transport, [newer])
+        if self._writer.unsent:  # the stream writes the rest before anything else
+            self._idle = False
+            self._ready.set()
+        return True
+
     def close(self, reason: str) -> None:
         """Drop what is waiting (a stuck reader holds no memory) and queue the end."""
         with self._lock:
             self._items.clear()
             self._items.append(Close(reason))
             self._waiting = 0
+        self._idle = False
         self._ready.set()
 
     def take(self, timeout: float, limit: int) -> list[Bundle | Close]:
@@ -69,7 +110,11 @@ class Subscriber:
         after waiting at most ``timeout`` for the first."""
         self._ready.clear()  # before looking, so an offer made after the look still wakes us
         if not self._items:
+            self._idle = self._writer is not None
             self._ready.wait(timeout)
+            self._idle = False
+            if self._writer is not None:
+                self._writer.flush()  # what a direct write left goes out before anything else
         taken: list[Bundle | Close] = []
         events = 0
         with self._lock:

@@ -60,11 +60,12 @@ class Bundle:
     for the latency metric, once however many subscribers write them.
     """
 
-    __slots__ = ("events", "_sse", "_epochs")
+    __slots__ = ("events", "_sse", "_chunk", "_epochs")
 
     def __init__(self, events: list[Event]) -> None:
         self.events = events
         self._sse: bytes | None = None
+        self._chunk: bytes | None = None
         self._epochs: list[float] | None = None
 
     def __len__(self) -> int:
@@ -80,6 +81,13 @@ class Bundle:
         if self._sse is None:
             self._sse = b"".join(event.sse_frame for event in self.events)
         return self._sse
+
+    @property
+    def sse_chunk(self) -> bytes:
+        """The SSE frames as one HTTP/1.1 chunk, for writing past the server's own framing."""
+        if self._chunk is None:
+            self._chunk = b"%X\r\n%s\r\n" % (len(self.sse), self.sse)
+        return self._chunk
 
     @property
     def epochs(self) -> list[float]:

@@ -9,6 +9,7 @@ from flask_sock import Sock
 from simple_websocket import Server
 
 from . import sse, ws
+from .direct import DirectWriter
 from .errors import ApiError
 from .events import Event
 from .filters import EventFilter, from_query
@@ -46,7 +47,7 @@ def _last_event_id() -> int | None:
     return _int_arg(value.strip(), "invalid_last_event_id", "last_event_id", 0, MAX_ID)
 
 
-def _open_stream(transport: str) -> Stream:
+def _open_stream(transport: str, writer: DirectWriter | None = None) -> Stream:
     """Validate everything before a stream starts, so mistakes are plain 4xx answers."""
     service = current_service()
     selection = from_query(request.args, service.settings)
@@ -55,12 +56,12 @@ def _open_stream(transport: str) -> Stream:
     if len(service.broker) >= service.settings.max_streams:
         raise ApiError(503, "too_many_streams", "This server holds as many streams as it may; "
                        "retry shortly.", headers={"Retry-After": "5"})
-    return Stream(service, selection, last_event_id, transport)
+    return Stream(service, selection, last_event_id, transport, writer)
 
 
 @events.get("/memory/events/sse")
 def events_sse() -> Response:
-    stream = _open_stream("sse")
+    stream = _open_stream("sse", DirectWriter.for_request(request.environ))
     sse.bound_stalled_writes(request.environ, current_service().settings.heartbeat_seconds)
     return sse.sse_response(stream)
 

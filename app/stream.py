@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Iterator, Union
 
 from .broker import Close
+from .direct import DirectWriter
 from .events import Bundle
 from .filters import EventFilter
 from .metrics import DELIVERIES, DISCONNECTS, SUBSCRIBERS
@@ -60,11 +61,13 @@ Item = Union[Opened, Idle, Batch, Reset, End]
 
 class Stream:
     def __init__(self, service: "Service", selection: EventFilter,  # noqa: F821
-                 last_event_id: int | None, transport: str) -> None:
+                 last_event_id: int | None, transport: str,
+                 writer: DirectWriter | None = None) -> None:
         self.service = service
         self.selection = selection
         self.last_event_id = last_event_id
         self.transport = transport
+        self.writer = writer
 
     def __iter__(self) -> Iterator[Item]:
         service, settings = self.service, self.service.settings
@@ -75,39 +78,42 @@ class Stream:
         deadline = time.monotonic() + lifetime
         try:
             yield Opened()
-            floor = subscriber.start_id
-            sent: int | None = None
             if self.last_event_id is not None:
                 resumed = True
-                for item in self._replay(floor):
+                for item in self._replay(subscriber.start_id):
                     yield item
                     if isinstance(item, Batch):
-                        sent = item.last_id
+                        subscriber.sent_id = item.last_id
                         self._delivered(item)
                     resumed = not isinstance(item, Reset)
                 if resumed:  # a client ahead of this follower: skip what it already has
-                    floor = max(floor, self.last_event_id)
+                    subscriber.floor = max(subscriber.floor, self.last_event_id)
+            subscriber.attach(self.writer)
             while True:
-                wait = min(settings.heartbeat_seconds, deadline - time.monotonic())
-                if wait <= 0:
+                now = time.monotonic()
+                if now >= deadline:
                     reason = "lifetime"
-                    yield End(reason, floor if sent is None else sent)
+                    yield End(reason, subscriber.last_id)
                     return
-                items = subscriber.take(wait, BATCH_MAX)
+                quiet_until = subscriber.wrote_at + settings.heartbeat_seconds
+                if now >= quiet_until:
+                    yield Idle()
+                    subscriber.wrote_at = time.monotonic()
+                    continue
+                items = subscriber.take(min(quiet_until, deadline) - now, BATCH_MAX)
                 if not items:
-                    if time.monotonic() < deadline:
-                        yield Idle()
                     continue
                 close = items.pop() if isinstance(items[-1], Close) else None
-                newer = [bundle.after(floor) for bundle in items]
+                newer = [bundle.after(subscriber.floor) for bundle in items]
                 batch = Batch([bundle for bundle in newer if bundle is not None])
                 if batch.bundles:
                     yield batch
-                    sent = batch.last_id
+                    subscriber.sent_id = batch.last_id
+                    subscriber.wrote_at = time.monotonic()
                     self._delivered(batch)
                 if close is not None:
                     reason = close.reason
-                    yield End(reason, floor if sent is None else sent)
+                    yield End(reason, subscriber.last_id)
                     return
         finally:
             service.broker.unsubscribe(subscriber)

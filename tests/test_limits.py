@@ -133,6 +133,15 @@ def test_history_limit_out_of_range(limited, limit):
     refused(call_events(limited, "history", {"limit": limit}), 400, "invalid_limit")
 
 
+@pytest.mark.parametrize("route", ["history", "sse"])
+def test_a_request_line_past_the_servers_limit_gets_414(limited, route):
+    """gunicorn's ``limit_request_line`` (4094 bytes) answers before the app: a clear 414."""
+    response = requests.get(limited.url + API + f"/memory/events/{route}",
+                            params={"patterns": "a" * 4100}, timeout=10)
+    assert response.status_code == 414
+    assert "Traceback" not in response.text
+
+
 # -- concurrent streams ----------------------------------------------------------------------
 def try_sse(server: Server) -> SSEClient | None:
     """A stream when one is granted; a refusal must be the documented 503, not a hang."""

@@ -2,6 +2,7 @@
 and it slows no one else."""
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -59,6 +60,7 @@ def _dechunk(body: bytes) -> list[bytes]:
         if size == 0:
             break
         parts.append(rest[:size])
+        assert rest[size:size + 2] == b"\r\n", "broken chunked framing"
         body = rest[size + 2:]
     return parts
 
@@ -81,6 +83,8 @@ def test_frozen_reader_gets_overflow_and_resumes_without_loss(server_factory):
             put(server.url, f"big.{i}", {"i": i, "pad": BIG}, session=session)
     frames = _frames(frozen.thaw())
     ids = [int(value) for name, value in frames if name == "id"]
+    events = [json.loads(value) for name, value in frames if name == "data" and '"id"' in value]
+    assert [int(event["id"]) for event in events] == ids  # every frame whole, in order
     assert ("event", "overflow") in frames
     overflow = frames[frames.index(("event", "overflow")) + 1]
     last_id = int(overflow[1].split('"')[3])
