@@ -7,7 +7,6 @@ single-process server (the dev server, an embedding app) uses the default regist
 from __future__ import annotations
 
 import bisect
-import math
 import os
 import threading
 import time
@@ -97,20 +96,19 @@ def _add_latencies(buckets: list[int], epochs: list[float], now: float) -> float
     """Count each ``now - epoch`` into its bucket and return their sum (negative ones, from a
     clock behind another host's, as zero).
 
-    Each bucket's count comes from a search of the sorted epochs, so a bundle costs a few
-    searches however many events it holds, and its subscribers all share the sorting.
+    A bundle's events were committed moments apart, so they usually share one bucket, found
+    from the youngest and the oldest; otherwise each bucket they span gets its count from one
+    search of the sorted epochs. Either way a bundle costs a few searches, however big it is.
     """
+    first = bisect.bisect_left(BUCKETS, now - epochs[-1])
+    last = bisect.bisect_left(BUCKETS, now - epochs[0])
     counted = 0
-    for index, bound in enumerate(BUCKETS):
-        within = len(epochs) - bisect.bisect_left(epochs, now - bound)
+    for index in range(first, last):
+        within = len(epochs) - bisect.bisect_left(epochs, now - BUCKETS[index])
         buckets[index] += within - counted
         counted = within
-        if counted == len(epochs):
-            break
-    else:
-        buckets[-1] += len(epochs) - counted
-    past = bisect.bisect_right(epochs, now)
-    return math.fsum(now - epoch for epoch in epochs[:past])
+    buckets[last] += len(epochs) - counted
+    return sum(max(0.0, now - epoch) for epoch in epochs)
 
 
 DELIVERIES = Deliveries()
