@@ -42,9 +42,10 @@ class DirectWriter:
         from gevent import monkey
         sock = environ.get("gunicorn.socket")
         response = getattr(environ.get(START_RESPONSE), "__self__", None)
-        if sock is None or not monkey.is_module_patched("socket") or not hasattr(response,
-                                                                                 "chunked"):
-            return None
+        if sock is None or not hasattr(response, "chunked"):
+            return None  # not gunicorn
+        if not monkey.is_module_patched("socket"):
+            return None  # real threads: a stream and the publisher may run at once
         return cls(sock, response)
 
     @property
