@@ -8,6 +8,7 @@ told to end with ``overflow``; the client resumes from the last id it was sent a
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import weakref
@@ -18,6 +19,8 @@ from .direct import DirectWriter
 from .events import Bundle, Event
 from .filters import EventFilter
 from .metrics import DELIVERIES
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,15 +88,21 @@ class Subscriber:
         newer = bundle.after(self.floor)
         if newer is None:
             return True
-        if not self._writer.write(newer):
+        try:
+            written = self._writer.write(newer)
+        except Exception:  # never let one stream's socket stop the fan-out to the others
+            log.exception("writing to a stream directly failed; it writes for itself now")
+            self._writer, written = None, False
+        if not written:
             self._idle = False  # the stream's own write will find out what went wrong
             return False
         self.sent_id = newer.last_id
         self.wrote_at = time.monotonic()
-        DELIVERIES.record(self.transport, [newer])
         if self._writer.unsent:  # the stream writes the rest before anything else
             self._idle = False
             self._ready.set()
+        else:
+            DELIVERIES.record(self.transport, [newer])
         return True
 
     def close(self, reason: str) -> None:
@@ -111,10 +120,14 @@ class Subscriber:
         self._ready.clear()  # before looking, so an offer made after the look still wakes us
         if not self._items:
             self._idle = self._writer is not None
-            self._ready.wait(timeout)
-            self._idle = False
-            if self._writer is not None:
-                self._writer.flush()  # what a direct write left goes out before anything else
+            try:
+                self._ready.wait(timeout)
+            finally:
+                self._idle = False
+            if self._writer is not None:  # what a direct write left goes out before anything
+                finished = self._writer.flush()
+                if finished is not None:
+                    DELIVERIES.record(self.transport, [finished])
         taken: list[Bundle | Close] = []
         events = 0
         with self._lock:

@@ -6,11 +6,11 @@ answered in the meantime pile up behind it. So under gunicorn's gevent worker, w
 waits with nothing queued, the broker writes each new bundle to its socket itself, as the HTTP
 chunk gunicorn would have sent, without ever waiting: what the socket cannot take at once is
 left for the stream's greenlet, which writes it before anything else. Everywhere else (threads,
-the development server, HTTP/1.0) the stream's own greenlet or thread writes everything.
+the development server, TLS, HTTP/1.0, WebSocket) the stream's own greenlet or thread writes.
 """
 from __future__ import annotations
 
-import socket
+import ssl
 from typing import Any, Callable
 
 from .events import Bundle
@@ -29,21 +29,27 @@ def remember_start_response(wsgi_app: Callable) -> Callable:
 class DirectWriter:
     """One SSE response's socket, written to without waiting, in gunicorn's chunked framing."""
 
-    __slots__ = ("_sock", "_response", "unsent")
+    __slots__ = ("_sock", "_response", "unsent", "pending")
 
     def __init__(self, sock: Any, response: Any) -> None:
         self._sock = sock
         self._response = response
-        self.unsent = b""
+        self.unsent: bytes | memoryview = b""  # the tail of ``pending``'s chunk
+        self.pending: Bundle | None = None
 
     @classmethod
     def for_request(cls, environ: dict) -> "DirectWriter | None":
-        """A writer when the server is gunicorn on gevent, else ``None``."""
-        from gevent import monkey
+        """A writer when gunicorn's gevent worker serves this request in plain HTTP, else
+        ``None``. A middleware around the app that wraps ``start_response`` (as one that
+        rewrites bodies must) hides gunicorn's response, and so turns this off too."""
         sock = environ.get("gunicorn.socket")
-        response = getattr(environ.get(START_RESPONSE), "__self__", None)
-        if sock is None or not hasattr(response, "chunked"):
+        if sock is None:
             return None  # not gunicorn
+        from gevent import monkey
+        from gunicorn.http.wsgi import Response
+        response = getattr(environ.get(START_RESPONSE), "__self__", None)
+        if not isinstance(response, Response) or isinstance(sock, ssl.SSLSocket):
+            return None  # a wrapped start_response, or TLS, which only the server may write
         if not monkey.is_module_patched("socket"):
             return None  # real threads: a stream and the publisher may run at once
         return cls(sock, response)
@@ -54,20 +60,25 @@ class DirectWriter:
         return self._response.headers_sent and self._response.chunked
 
     def write(self, bundle: Bundle) -> bool:
-        """Write ``bundle`` or as much as the socket takes now; ``False`` if it fails."""
+        """Write ``bundle``, or as much as the socket takes now; ``False`` if writing fails."""
         data = bundle.sse_chunk
         try:
-            sent = self._sock.send(data, socket.MSG_NOSIGNAL, timeout=0.0)
+            sent = self._sock.send(data, 0, timeout=0.0)
         except BlockingIOError:
             sent = 0
         except OSError:
             return False
         self._response.sent += len(bundle.sse)  # what gunicorn's access log counts
-        self.unsent = data[sent:]
+        if sent < len(data):
+            self.unsent, self.pending = memoryview(data)[sent:], bundle
         return True
 
-    def flush(self) -> None:
-        """Write what a direct write left over, waiting for the socket as long as it takes."""
-        if self.unsent:
-            data, self.unsent = self.unsent, b""
-            self._sock.sendall(data)
+    def flush(self) -> Bundle | None:
+        """Write what a direct write left over, waiting for the socket as long as it takes;
+        returns the bundle that is then written in full, if there was one."""
+        if not self.unsent:
+            return None
+        data, bundle = self.unsent, self.pending
+        self.unsent, self.pending = b"", None
+        self._sock.sendall(data)
+        return bundle

@@ -98,7 +98,7 @@ def _add_latencies(buckets: list[int], epochs: list[float], now: float) -> float
 
     A bundle's events were committed moments apart, so they usually share one bucket, found
     from the youngest and the oldest; otherwise each bucket they span gets its count from one
-    search of the sorted epochs. Either way a bundle costs a few searches, however big it is.
+    search of the sorted epochs, instead of one search per event.
     """
     first = bisect.bisect_left(BUCKETS, now - epochs[-1])
     last = bisect.bisect_left(BUCKETS, now - epochs[0])

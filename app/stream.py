@@ -19,7 +19,7 @@ from .filters import EventFilter
 from .metrics import DELIVERIES, DISCONNECTS, SUBSCRIBERS
 
 REPLAY_PAGE = 500
-BATCH_MAX = 256  # events per write, about 80 KB
+BATCH_MAX = 256  # events per write, give or take a bundle
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,13 +3,16 @@ the delivery-latency histogram counted per bundle."""
 from __future__ import annotations
 
 import bisect
+import threading
 
 from hypothesis import given, strategies as st
 
-from app.broker import Broker, Close
+from app.broker import Broker, Close, Subscriber
 from app.events import Bundle, Event
 from app.filters import EventFilter
 from app.metrics import BUCKETS, _add_latencies
+
+from .conftest import wait_until
 
 
 def event(event_id: int, key: str = "k", scope: str = "global", epoch: float = 0.0) -> Event:
@@ -92,3 +95,83 @@ def test_latencies_counted_per_bundle_match_counting_each_event(now, ages):
     counted = [0] * (len(BUCKETS) + 1)
     assert abs(_add_latencies(counted, epochs, now) - total) < 1e-6
     assert counted == expected
+
+
+# -- writing to a waiting stream directly ----------------------------------------------------
+
+class StandInWriter:
+    """A ``DirectWriter`` without a socket: records what it was given."""
+
+    usable = True
+
+    def __init__(self, outcome: str = "whole") -> None:
+        self.outcome = outcome  # "whole", "partial" or "fails"
+        self.written: list[Bundle] = []
+        self.flushed: list[bytes] = []
+        self.unsent = b""
+        self.pending: Bundle | None = None
+
+    def write(self, bundle: Bundle) -> bool:
+        if self.outcome == "fails":
+            return False
+        self.written.append(bundle)
+        if self.outcome == "partial":
+            self.unsent, self.pending = b"the rest", bundle
+        return True
+
+    def flush(self) -> Bundle | None:
+        finished = self.pending
+        if self.unsent:
+            self.flushed.append(self.unsent)
+        self.unsent, self.pending = b"", None
+        return finished
+
+
+def waiting_with(writer: StandInWriter,
+                 timeout: float) -> tuple[Broker, Subscriber, threading.Thread, list]:
+    """A subscriber with ``writer`` attached, its ``take`` waiting in a thread."""
+    broker = Broker(head_id=0, maxsize=10)
+    subscriber = broker.subscribe(EventFilter(), "sse")
+    subscriber.attach(writer)
+    taken: list = []
+    thread = threading.Thread(target=lambda: taken.append(subscriber.take(timeout, 100)))
+    thread.start()
+    wait_until(lambda: subscriber._idle, message="the subscriber to wait")
+    return broker, subscriber, thread, taken
+
+
+def test_a_waiting_stream_is_written_to_without_waking_it():
+    writer = StandInWriter()
+    broker, subscriber, thread, taken = waiting_with(writer, timeout=0.3)
+    broker.publish([event(1), event(2)])
+    assert [e.id for b in writer.written for e in b.events] == [1, 2]
+    assert subscriber.sent_id == 2 and subscriber.last_id == 2
+    thread.join()
+    assert taken == [[]]  # it slept through: nothing was queued for it
+
+
+def test_what_a_direct_write_leaves_is_flushed_before_anything_else():
+    writer = StandInWriter("partial")
+    broker, subscriber, thread, taken = waiting_with(writer, timeout=30)
+    broker.publish([event(1)])
+    thread.join(timeout=5)
+    assert taken == [[]] and writer.flushed == [b"the rest"]
+    broker.publish([event(2)])  # not waiting now: queued for the stream's own write
+    assert [e.id for b in subscriber.take(0, 100) for e in b.events] == [2]
+
+
+def test_a_failed_direct_write_leaves_the_bundle_to_the_stream():
+    writer = StandInWriter("fails")
+    broker, subscriber, thread, taken = waiting_with(writer, timeout=30)
+    broker.publish([event(1)])
+    thread.join(timeout=5)
+    assert [e.id for b in taken[0] for e in b.events] == [1]
+    assert subscriber.sent_id is None
+
+
+def test_filters_differing_in_scope_id_do_not_share_a_bundle():
+    broker = Broker(head_id=0, maxsize=10)
+    mine = broker.subscribe(EventFilter(scope_id="global"), "sse")
+    other = broker.subscribe(EventFilter(scope_id="elsewhere"), "sse")
+    broker.publish([event(1)])
+    assert len(mine.take(0, 100)) == 1 and other.take(0, 100) == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import requests
@@ -57,6 +58,23 @@ def test_disconnected_client_is_unsubscribed(server_factory, worker_class):
 def test_keepalive_after_silence(server):
     with SSEClient(server.url + "/api/v1/memory/events/sse") as stream:
         stream.next(timeout=2)
+        assert stream.next(timeout=3).comments == ["keepalive"]
+
+
+@pytest.mark.parametrize("worker_class", ["gevent", "gthread"])
+def test_no_keepalive_while_changes_flow(server_factory, worker_class):
+    """A keepalive follows silence only: changes written to the stream (by its own greenlet or
+    straight from the publisher) count as writes."""
+    server = server_factory(worker_class=worker_class, env={"MEMORY_HEARTBEAT_SECONDS": "1"})
+    with SSEClient(server.url + "/api/v1/memory/events/sse") as stream, \
+            requests.Session() as session:
+        stream.next(timeout=2)
+        for n in range(25):  # 2.5 s of a change every 0.1 s
+            put(server.url, f"k.{n}", n, session=session)
+            time.sleep(0.1)
+        frames = [stream.next(timeout=5) for _ in range(25)]
+        assert [frame.comments for frame in frames if frame.comments] == []
+        assert [frame.json["key"] for frame in frames] == [f"k.{n}" for n in range(25)]
         assert stream.next(timeout=3).comments == ["keepalive"]
 
 
