@@ -13,6 +13,7 @@ class Settings:
     db_url: str = "sqlite:///data/memory.db"
     heartbeat_seconds: float = 15.0
     subscriber_queue: int = 1000
+    subscriber_bytes: int = 4 << 20
     retention_hours: float = 48.0
     api_key: str | None = None
     cors_origins: tuple[str, ...] = ()
@@ -24,6 +25,7 @@ class Settings:
     max_patterns: int = 32
     max_pattern_length: int = 256
     max_streams: int = 10_000
+    vector_metric: str = "cosine"
 
     @classmethod
     def load(cls, overrides: Mapping[str, Any] | None = None) -> "Settings":
@@ -57,15 +59,25 @@ def _positive(kind: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return parse
 
 
+def _one_of(*choices: str) -> Callable[[Any], str]:
+    def parse(raw: Any) -> str:
+        value = str(raw).strip().lower()
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return value
+    return parse
+
+
 def _origins(raw: Any) -> tuple[str, ...]:
     items = raw.split(",") if isinstance(raw, str) else list(raw)
-    return tuple(item.strip().rstrip("/") for item in items if item.strip())
+    return tuple(item.strip().rstrip("/").lower() for item in items if item.strip())
 
 
 _FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "MEMORY_DB_URL": ("db_url", str),
     "MEMORY_HEARTBEAT_SECONDS": ("heartbeat_seconds", _positive(float)),
     "MEMORY_SUBSCRIBER_QUEUE": ("subscriber_queue", _positive(int)),
+    "MEMORY_SUBSCRIBER_BYTES": ("subscriber_bytes", _positive(int)),
     "MEMORY_RETENTION_HOURS": ("retention_hours", _positive(float)),
     "MEMORY_API_KEY": ("api_key", str),
     "MEMORY_CORS_ORIGINS": ("cors_origins", _origins),
@@ -77,4 +89,5 @@ _FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "MEMORY_MAX_PATTERNS": ("max_patterns", _positive(int)),
     "MEMORY_MAX_PATTERN_LENGTH": ("max_pattern_length", _positive(int)),
     "MEMORY_MAX_STREAMS": ("max_streams", _positive(int)),
+    "MEMORY_VECTOR_METRIC": ("vector_metric", _one_of("cosine", "dot", "l2")),
 }

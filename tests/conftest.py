@@ -1,4 +1,14 @@
-"""Real servers for real clients: each test starts gunicorn on a free loopback port."""
+"""Fixtures for both tiers of the suite.
+
+* In-process: ``app``/``client`` build the app with ``create_app`` on an in-memory SQLite store
+  and call it through Flask's test client: validation, limits, error shapes and everything
+  else that needs no socket.
+* Real servers: ``server``/``server_factory`` start gunicorn on a free loopback port for real
+  clients: streams, disconnects, shutdown, durability, several workers and hosts, the browser.
+
+``db_url`` is a fresh SQLite database unless a test asks for every store with ``@every_store``
+(or names one), in which case PostgreSQL runs too, on a private cluster started once.
+"""
 from __future__ import annotations
 
 import os
@@ -15,9 +25,22 @@ from typing import Callable, Iterator
 
 import pytest
 import requests
+from flask import Flask
+from flask.testing import FlaskClient
+
+from app import create_app
+from app.web.context import EXTENSION
 
 ROOT = Path(__file__).resolve().parent.parent
+#: no test may hang the suite: one that waits this long has failed
+TEST_TIMEOUT_SECONDS = 120
 GUNICORN = [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), "wsgi:app"]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(TEST_TIMEOUT_SECONDS))
 
 
 def free_port() -> int:
@@ -134,6 +157,10 @@ def _postgres_available() -> bool:
 
 
 STORES = ["sqlite"] + (["postgres"] if _postgres_available() else [])
+#: run a test on every store the machine has
+every_store = pytest.mark.parametrize("db_url", STORES, indirect=True)
+#: run a test on PostgreSQL only
+postgres_only = pytest.mark.parametrize("db_url", STORES[1:], indirect=True)
 
 
 class PostgresCluster:
@@ -202,10 +229,11 @@ def postgres_cluster() -> Iterator[PostgresCluster]:
         cluster.destroy()
 
 
-@pytest.fixture(params=STORES)
+@pytest.fixture
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A fresh, empty database for one test, on every store the machine can run."""
-    if request.param == "sqlite":
+    """A fresh, empty database for one test: SQLite, or the store the test is parametrized
+    with."""
+    if getattr(request, "param", "sqlite") == "sqlite":
         yield f"sqlite:///{tmp_path}/memory.db"
         return
     cluster: PostgresCluster = request.getfixturevalue("postgres_cluster")
@@ -235,3 +263,24 @@ def server_factory(db_url: str, tmp_path: Path) -> Iterator[Callable[..., Server
 @pytest.fixture
 def server(server_factory: Callable[..., Server]) -> Server:
     return server_factory(env={"MEMORY_HEARTBEAT_SECONDS": "0.5"})
+
+
+@pytest.fixture
+def app_factory() -> Iterator[Callable[..., Flask]]:
+    """Build in-process apps (in-memory SQLite unless ``MEMORY_DB_URL`` is given); each one's
+    streams and log follower are stopped when the test ends."""
+    built: list[Flask] = []
+
+    def build(**config: str) -> Flask:
+        app = create_app({"MEMORY_DB_URL": "sqlite:///:memory:", **config})
+        built.append(app)
+        return app
+
+    yield build
+    for app in built:
+        app.extensions[EXTENSION].close()
+
+
+@pytest.fixture
+def client(app_factory: Callable[..., Flask]) -> FlaskClient:
+    return app_factory().test_client()

@@ -28,7 +28,7 @@ from schemathesis.specs.openapi.checks import (content_type_conformance,
                                                response_schema_conformance,
                                                status_code_conformance)
 
-from app.scopes import SCOPES
+from app.wire import SCOPES
 
 from .conftest import Server
 from .test_openapi import API, Description

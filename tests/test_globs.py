@@ -1,13 +1,17 @@
-"""Tests for app.globs: Go's filepath.Match table, Unicode, malformed globs, pattern lists, and a
+"""Tests for app.core.globs: Go's filepath.Match table, Unicode, malformed globs, pattern lists, and a
 randomized cross-check of the compiled KeyMatcher against the direct port behind match()."""
 
 from __future__ import annotations
 
 import random
+import sqlite3
 
 import pytest
 
-from app.globs import InvalidPattern, KeyMatcher, match, split_patterns, validate
+from app.core.filters import KeyRange, key_ranges, successor
+from app.core.globs import (InvalidPattern, KeyMatcher, literal_prefix, match, split_patterns,
+                            validate)
+from app.store.sql import SqlStore
 
 BAD = "bad"  # expected outcome: Go returns ErrBadPattern
 
@@ -346,3 +350,38 @@ def test_combined_matcher_agrees_with_any_of_its_patterns() -> None:
         for _ in range(20):
             name = "".join(rng.choice(names_alphabet) for _ in range(rng.randint(0, 5)))
             assert matcher(name) == any(match(p, name) for p in patterns), (patterns, name)
+
+
+def test_a_globs_sql_shape_and_key_ranges_hold_every_name_it_matches() -> None:
+    """What the store asks the database for must never lose a match: SQLite's GLOB of the
+    shape, and the key ranges of the literal prefix, hold every name the glob matches."""
+    rng = random.Random(11)
+    names_alphabet = "ab/é-]^*?[\\.z"
+    db = sqlite3.connect(":memory:")
+    checked = 0
+    for _ in range(1500):
+        pattern = _random_pattern(rng)
+        try:
+            validate(pattern)
+        except InvalidPattern:
+            continue
+        loose = SqlStore._like(pattern)
+        [span] = key_ranges((pattern,)) or [KeyRange("", None)]
+        for _ in range(20):
+            name = "".join(rng.choice(names_alphabet) for _ in range(rng.randint(0, 6)))
+            if match(pattern, name):
+                assert db.execute("SELECT ? GLOB ?", (name, loose)).fetchone()[0], (pattern, name)
+                assert span.low <= name and (span.high is None or name < span.high)
+                checked += 1
+    assert checked > 1000
+
+
+def test_literal_prefixes_and_their_successors() -> None:
+    assert literal_prefix("user.*") == ("user.", False)
+    assert literal_prefix("a\\*b") == ("a*b", True)
+    assert literal_prefix("*x") == ("", False)
+    assert successor("ab") == "ac" and successor("a\U0010ffff") == "b"
+    assert successor("\ud7ff") == "\ue000" and successor("\U0010ffff") is None
+    assert key_ranges(("user.*", "user.1", "x")) == (KeyRange("user.", "user/"),
+                                                    KeyRange("x", "x\x01"))
+    assert key_ranges(("user.*", "*")) is None

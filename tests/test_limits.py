@@ -170,7 +170,7 @@ def test_streams_beyond_the_limit_get_503_and_retry_after(server_factory):
 
     granted.pop().close()
     granted.append(wait_until(lambda: try_sse(server), message="a stream to be granted again"))
-    assert granted[-1].next().comments == ["connected"]
+    assert granted[-1].next().comments == ("connected",)
     assert try_sse(server) is None
     for stream in granted:
         stream.close()

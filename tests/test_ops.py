@@ -44,7 +44,7 @@ def test_metrics_are_prometheus_text_that_follows_a_change(server):
     assert 'memory_events_subscribers{transport="sse"} 0.0' in response.text.splitlines()
 
     with SSEClient(server.url + f"{MEMORY}/events/sse") as stream:
-        assert stream.next().comments == ["connected"]
+        assert stream.next().comments == ("connected",)
         assert server.metric("memory_events_subscribers", transport="sse") == 1
         stored(server, "k", 1)
         assert stream.events(1)[0]["key"] == "k"

@@ -47,12 +47,12 @@ class FrozenReader:
 
 def _frames(raw: bytes) -> list[tuple[str, str]]:
     """(field, value) of every ``id:``/``event:``/``data:`` line of a chunked SSE body."""
-    body = b"".join(_dechunk(raw.split(b"\r\n\r\n", 1)[1])).decode()
+    body = b"".join(dechunk(raw.split(b"\r\n\r\n", 1)[1])).decode()
     return [tuple(line.split(": ", 1)) for line in body.split("\n")  # type: ignore[misc]
             if line.startswith(("id:", "event:", "data:"))]
 
 
-def _dechunk(body: bytes) -> list[bytes]:
+def dechunk(body: bytes) -> list[bytes]:
     parts = []
     while body:
         size_line, rest = body.split(b"\r\n", 1)

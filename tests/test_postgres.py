@@ -45,7 +45,7 @@ def subscribe(server_factory) -> Iterator[Callable[[list[Server]], list[SSEClien
                    for _ in range(2)]
         opened.extend(streams)
         for stream in streams:
-            assert stream.next(timeout=5).comments == ["connected"]
+            assert stream.next(timeout=5).comments == ("connected",)
         return streams
 
     yield open_streams
@@ -166,7 +166,7 @@ def test_streams_survive_a_postgres_restart_and_lose_nothing(server_factory, sub
             assert refused.headers["Retry-After"]
             assert answer("GET", host.url + "/readyz").status_code == 503
         for stream in streams:
-            assert stream.next(timeout=5).comments == ["keepalive"]
+            assert stream.next(timeout=5).comments == ("keepalive",)
     finally:
         postgres_cluster.start()
 

@@ -24,7 +24,7 @@ def test_filtered_stream_opens_at_once_and_delivers_only_matches(server_factory,
         assert stream.response.headers["Cache-Control"] == "no-cache"
         assert stream.response.headers["X-Accel-Buffering"] == "no"
         first = stream.next(timeout=2)
-        assert first.comments == ["connected"] and first.retry is not None
+        assert first.comments == ("connected",) and first.retry is not None
         put(server.url, "skip.this", 1)
         put(server.url, "match.foo", {"n": 2})
         event = stream.next_event(timeout=5)
@@ -58,7 +58,7 @@ def test_disconnected_client_is_unsubscribed(server_factory, worker_class):
 def test_keepalive_after_silence(server):
     with SSEClient(server.url + "/api/v1/memory/events/sse") as stream:
         stream.next(timeout=2)
-        assert stream.next(timeout=3).comments == ["keepalive"]
+        assert stream.next(timeout=3).comments == ("keepalive",)
 
 
 @pytest.mark.parametrize("worker_class", ["gevent", "gthread"])
@@ -75,7 +75,7 @@ def test_no_keepalive_while_changes_flow(server_factory, worker_class):
         frames = [stream.next(timeout=5) for _ in range(25)]
         assert [frame.comments for frame in frames if frame.comments] == []
         assert [frame.json["key"] for frame in frames] == [f"k.{n}" for n in range(25)]
-        assert stream.next(timeout=3).comments == ["keepalive"]
+        assert stream.next(timeout=3).comments == ("keepalive",)
 
 
 def test_werkzeug_dev_server_streams_and_cleans_up(tmp_path):
@@ -89,7 +89,7 @@ def test_werkzeug_dev_server_streams_and_cleans_up(tmp_path):
     try:
         wait_until(lambda: _answers(url), timeout=30, message="the dev server")
         with SSEClient(url + "/api/v1/memory/events/sse", params={"patterns": "match.*"}) as stream:
-            assert stream.next().comments == ["connected"]
+            assert stream.next().comments == ("connected",)
             put(url, "skip.this", 1)
             put(url, "match.foo", 2)
             assert stream.events(1)[0]["key"] == "match.foo"

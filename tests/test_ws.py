@@ -154,7 +154,7 @@ def test_event_is_one_text_frame_with_the_sse_event_json(server_factory, worker_
     params = {"patterns": "user.*"}
     with SSEClient(server.url + "/api/v1/memory/events/sse", params=params) as sse, \
             subscribe(server, params) as ws:
-        assert sse.next(timeout=5).comments == ["connected"]
+        assert sse.next(timeout=5).comments == ("connected",)
         put(server.url, "user.1", {"name": "Ada", "tags": ["x", "ü"]}, scope="actor",
             scope_id="a1")
         put(server.url, "user.2", None)

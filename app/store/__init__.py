@@ -1,12 +1,11 @@
-"""Pick the store from ``MEMORY_DB_URL``."""
+"""The store: memory records, the ordered event log and vectors, chosen by ``MEMORY_DB_URL``."""
 from __future__ import annotations
 
 from urllib.parse import unquote, urlsplit
 
-from .base import LogFilter, Record, SqlStore, Store, StoreUnavailable
+from .interface import Listing, Store, StoredVector, StoreUnavailable
 
-__all__ = ["LogFilter", "Record", "SqlStore", "Store", "StoreUnavailable", "open_store",
-           "parse_url"]
+__all__ = ["Listing", "Store", "StoredVector", "StoreUnavailable", "open_store", "parse_url"]
 
 
 def parse_url(url: str) -> tuple[str, str]:
@@ -15,7 +14,8 @@ def parse_url(url: str) -> tuple[str, str]:
     if scheme == "sqlite":
         path = unquote(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else ""
         if not path:
-            raise ValueError(f"MEMORY_DB_URL={url!r}: expected sqlite:///path/to/file.db")
+            raise ValueError(f"MEMORY_DB_URL={url!r}: expected sqlite:///path/to/file.db "
+                             "or sqlite:///:memory:")
         return "sqlite", path
     if scheme in ("postgres", "postgresql"):
         return "postgresql", url
@@ -23,7 +23,8 @@ def parse_url(url: str) -> tuple[str, str]:
 
 
 def open_store(url: str) -> Store:
-    """``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db`` or ``postgresql://…``."""
+    """``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db``, ``sqlite:///:memory:``
+    (this process only) or ``postgresql://…``."""
     kind, target = parse_url(url)
     if kind == "sqlite":
         from .sqlite import SqliteStore

@@ -10,12 +10,14 @@ import logging
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from .base import SqlStore, StoreUnavailable
+from ..core.globs import shape
+from .interface import StoreUnavailable
+from .sql import SqlStore
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,7 @@ class PostgresStore(SqlStore):
     param = "%s"
     id_column = "BIGSERIAL PRIMARY KEY"
     collate = ' COLLATE "C"'
+    blob = "BYTEA"
     poll_seconds = 1.0
     pool_size = 5
 
@@ -105,15 +108,35 @@ class PostgresStore(SqlStore):
             yield cur
 
     @contextmanager
+    def _consistent(self) -> Iterator[Any]:
+        with self._connection() as conn, conn.transaction(), conn.cursor() as cur:
+            cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            yield cur
+
+    @contextmanager
     def _write(self) -> Iterator[Any]:
         with self._connection() as conn, conn.transaction(), conn.cursor() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (LOG_LOCK,))
             yield cur
 
-    def _insert_event(self, cur: Any, values: tuple) -> int:
-        event_id = super()._insert_event(cur, values)
+    def _insert_event(self, cur: Any, *values: Any) -> int:
+        event_id = super()._insert_event(cur, *values)
         cur.execute(f"NOTIFY {CHANNEL}")
         return event_id
+
+    def _has_column(self, cur: Any, table: str, column: str) -> bool:
+        cur.execute("SELECT 1 FROM information_schema.columns WHERE table_schema = "
+                    "current_schema() AND table_name = %s AND column_name = %s", (table, column))
+        return cur.fetchone() is not None
+
+    key_like = 'key COLLATE "C" LIKE %s'
+
+    @staticmethod
+    def _like(pattern: str) -> str:
+        return shape(pattern, "%", "_", lambda c: "\\" + c if c in "%_\\" else c)
+
+    def _ids_in(self, column: str, ids: Sequence[int]) -> tuple[str, list]:
+        return f"{column} = ANY(%s)", [list(ids)]
 
     def watch(self, wake: Callable[[], None]) -> None:
         threading.Thread(target=self._listen, args=(wake,), name="memory-events-listener",

@@ -9,19 +9,25 @@ import threading
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
-from .base import SqlStore, StoreUnavailable
 from .doorbell import Doorbell
+from .interface import StoreUnavailable
+from .sql import SqlStore
 
 log = logging.getLogger(__name__)
+
+MEMORY = ":memory:"
 
 
 class SqliteStore(SqlStore):
     """A file database shared by every worker process on one machine.
 
-    sqlite3 calls block the gevent hub while they run, so every transaction is a handful of
-    indexed statements. ``BEGIN IMMEDIATE`` takes the write lock up front: writers from several
+    sqlite3 calls block the gevent hub while they run, so every statement is short (the log
+    reader pages). ``BEGIN IMMEDIATE`` takes the write lock up front: writers from several
     processes queue on ``busy_timeout`` instead of failing, and ids commit in id order, which is
     what lets a follower read the log by ``id > cursor`` without missing anything.
+
+    ``sqlite:///:memory:`` keeps everything in this process, on one connection that lives as
+    long as the store: for tests and trials, not for a server with several workers.
     """
 
     pool_size = 4
@@ -29,23 +35,27 @@ class SqliteStore(SqlStore):
 
     def __init__(self, path: str) -> None:
         self.path = path
-        if path != ":memory:":
+        self._in_memory = path == MEMORY
+        if not self._in_memory:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self._pool: queue.LifoQueue[sqlite3.Connection] = queue.LifoQueue()
+        self._size = 1 if self._in_memory else self.pool_size
         self._opened = 0
         self._opening = threading.Lock()
-        self._doorbell = Doorbell(path) if path != ":memory:" else None
+        self._doorbell = None if self._in_memory else Doorbell(path)
         with self._write() as cur:
             self._create_schema(cur)
-        self.close()  # connections are opened again on use, so none crosses a fork
+        if not self._in_memory:
+            self.close()  # connections are opened again on use, so none crosses a fork
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                timeout=10.0)
-        conn.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode survives any crash of the process (kill -9); only a power loss
-        # can drop the last commits, and it never corrupts the file.
-        conn.execute("PRAGMA synchronous=NORMAL")
+        if not self._in_memory:
+            conn.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode survives any crash of the process (kill -9); only a power loss
+            # can drop the last commits, and it never corrupts the file.
+            conn.execute("PRAGMA synchronous=NORMAL")
         return conn
 
     @contextmanager
@@ -54,7 +64,7 @@ class SqliteStore(SqlStore):
             conn = self._pool.get_nowait()
         except queue.Empty:
             with self._opening:
-                grow = self._opened < self.pool_size
+                grow = self._opened < self._size
                 self._opened += grow
             if grow:
                 try:
@@ -82,6 +92,15 @@ class SqliteStore(SqlStore):
                 cur.close()
 
     @contextmanager
+    def _consistent(self) -> Iterator[Any]:
+        with self._read() as cur:
+            cur.execute("BEGIN")
+            try:
+                yield cur
+            finally:
+                cur.execute("COMMIT")
+
+    @contextmanager
     def _write(self) -> Iterator[Any]:
         with self._connection() as conn:
             cur = conn.cursor()
@@ -99,8 +118,12 @@ class SqliteStore(SqlStore):
                 raise
             finally:
                 cur.close()
-            if self._doorbell is not None:
-                self._doorbell.ring()
+        if self._doorbell is not None:
+            self._doorbell.ring()
+
+    def _has_column(self, cur: Any, table: str, column: str) -> bool:
+        cur.execute(f"PRAGMA table_info({table})")
+        return any(row[1] == column for row in cur.fetchall())
 
     def watch(self, wake: Callable[[], None]) -> None:
         if self._doorbell is None:

@@ -1,0 +1,94 @@
+"""In-process fan-out: one bounded mailbox per subscriber, fed by the log follower.
+
+Publishing never waits for a subscriber. Subscribers with the same filter form a group: each
+change is filtered once per group, and the group's subscribers all get the same bundles, so
+their frames are encoded and chunked once. A subscriber whose mailbox would hold more than its
+bounds is cut off at once: the mailbox is emptied (so a frozen reader holds no memory) and it
+is told to end with ``overflow``; the client resumes from the last id it was sent.
+
+A closed broker (the server is stopping) has ended every stream, and ends every new one at once.
+"""
+from __future__ import annotations
+
+import threading
+
+from ..wire import EndReason
+from .events import Event, bundles
+from .filters import EventFilter
+from .subscriber import Delivered, Subscriber
+
+
+class Broker:
+    def __init__(self, max_events: int, max_bytes: int, delivered: Delivered) -> None:
+        self.head_id = 0
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self._delivered = delivered
+        self._lock = threading.Lock()
+        self._groups: dict[EventFilter, set[Subscriber]] = {}
+        self._count = 0
+        self._closed: EndReason | None = None
+
+    def __len__(self) -> int:
+        return self._count
+
+    @property
+    def closed(self) -> bool:
+        return self._closed is not None
+
+    def subscribe(self, selection: EventFilter, transport: str) -> Subscriber:
+        """Register a subscriber; every event published after ``head_id`` reaches it."""
+        with self._lock:
+            subscriber = Subscriber(selection, self.head_id, transport, self.max_events,
+                                    self.max_bytes, self._delivered)
+            if self._closed is not None:
+                subscriber.close(self._closed)
+                return subscriber
+            self._groups.setdefault(selection, set()).add(subscriber)
+            self._count += 1
+            return subscriber
+
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        with self._lock:
+            self._remove(subscriber)
+
+    def _remove(self, subscriber: Subscriber) -> None:
+        group = self._groups.get(subscriber.selection)
+        if group is None or subscriber not in group:
+            return
+        group.remove(subscriber)
+        self._count -= 1
+        if not group:
+            del self._groups[subscriber.selection]
+
+    def publish(self, events: list[Event]) -> None:
+        """Hand events, in log order, to every subscriber whose filter accepts them."""
+        overflowed: list[Subscriber] = []
+        with self._lock:
+            for selection, group in self._groups.items():
+                accepted = [event for event in events if selection(event)]
+                if not accepted:
+                    continue
+                for bundle in bundles(accepted):
+                    cut = [subscriber for subscriber in group if not subscriber.offer(bundle)]
+                    bundle.release()
+                    if cut:  # no later bundle may reach them: that would leave a gap
+                        group.difference_update(cut)
+                        overflowed += cut
+            for subscriber in overflowed:
+                subscriber.close(EndReason.OVERFLOW)
+                self._count -= 1
+            for selection in [s for s, group in self._groups.items() if not group]:
+                del self._groups[selection]
+            if events:
+                self.head_id = events[-1].id
+
+    def close(self, reason: EndReason = EndReason.SHUTDOWN) -> None:
+        """End every stream, and every stream opened from now on (graceful shutdown)."""
+        with self._lock:
+            self._closed = reason
+            for group in self._groups.values():
+                for subscriber in group:
+                    subscriber.close(reason)
+            self._groups.clear()
+            self._count = 0

@@ -1,0 +1,102 @@
+"""One follower per process reads the durable log in order and feeds the broker.
+
+Writes in this process wake it at once; writes from other processes (or hosts) are found by a
+cheap poll, or sooner when the store can signal them. Because everything live comes from the log,
+history, resume and fan-out across processes are one path with one order. The follower also
+keeps the log to its retention and removes records whose time ran out.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Callable
+
+from ..store import Store, StoreUnavailable
+from .broker import Broker
+from .expiry import Expiry
+from .filters import LogFilter
+
+log = logging.getLogger(__name__)
+
+TRIM_EVERY_SECONDS = 60.0  # or a quarter of the retention, when that is shorter
+
+
+class Follower:
+    def __init__(self, store: Store, broker: Broker, poll_seconds: float,
+                 retention_seconds: float, expired: Callable[[int], None]) -> None:
+        self.store = store
+        self.broker = broker
+        self.poll_seconds = poll_seconds
+        self.retention_seconds = retention_seconds
+        self.expiry = Expiry(store)
+        self._expired = expired
+        self._wake = threading.Event()
+        self._pid: int | None = None
+        self._start_lock = threading.Lock()
+        self._next_trim = 0.0
+        self._stopped = False
+
+    def ensure_running(self) -> None:
+        """Start the follower in this process if it is not running here yet.
+
+        Called on first use rather than at import, so it always starts after a fork.
+        """
+        if self._pid == os.getpid():
+            return
+        with self._start_lock:
+            if self._pid == os.getpid():
+                return
+            self.broker.head_id = self.store.head_id()
+            self.store.watch(self.wake)
+            threading.Thread(target=self._run, name="memory-log-follower", daemon=True).start()
+            self._pid = os.getpid()
+
+    def wake(self) -> None:
+        """A write committed in this process: read the log now."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Stop reading (the service is closing); a stopped follower never starts again."""
+        self._stopped = True
+        self._pid = os.getpid()
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stopped:
+            self._wake.wait(min(self.poll_seconds, self.expiry.wait_seconds(time.time())))
+            self._wake.clear()
+            if self._stopped:
+                return
+            try:
+                self._catch_up()
+                expired = self.expiry.run(time.time())
+                if expired:
+                    self._expired(expired)
+                    self._catch_up()
+                self._maybe_trim()
+            except StoreUnavailable as exc:
+                log.warning("event log unavailable, retrying: %s", exc.detail)
+                self._retry_soon()
+            except Exception:  # the follower must outlive any single bad read
+                log.exception("log follower failed; retrying")
+                self._retry_soon()
+
+    def _retry_soon(self) -> None:
+        """Back off briefly, then read again without waiting for another wake-up."""
+        time.sleep(min(1.0, self.poll_seconds * 10))
+        self._wake.set()
+
+    def _catch_up(self) -> None:
+        for events in self.store.read_log(LogFilter(), self.broker.head_id):
+            self.broker.publish(events)
+
+    def _maybe_trim(self) -> None:
+        now = time.time()
+        if now < self._next_trim:
+            return
+        self._next_trim = now + min(TRIM_EVERY_SECONDS, self.retention_seconds / 4)
+        removed = self.store.trim(now - self.retention_seconds)
+        if removed:
+            log.info("retention removed %d events", removed)

@@ -1,0 +1,188 @@
+"""The stream core shared by SSE and WebSocket: subscribe, replay or snapshot, live, end.
+
+A transport iterates a ``Stream`` and turns each item into its own framing; it writes
+synchronously, so when the iteration resumes after an item, that item has been written.
+Subscribing comes first, the replay or snapshot second, and live events the client already has
+are dropped by id, so a stream has no gap and no duplicate even while writers are busy.
+"""
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from typing import Iterator, Union
+
+from ..settings import Settings
+from ..store import Store
+from ..wire import EndReason, ResetReason
+from .broker import Broker
+from .events import BUNDLE_BYTES, Bundle, bundles
+from .filters import EventFilter
+from .metrics import Metrics
+from .peer import Peer
+from .records import Record
+from .subscriber import Close, Subscriber
+
+BATCH_EVENTS = 256  # events per write, give or take a bundle
+SNAPSHOT_PAGE = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """The subscription exists: a change committed from now on will be delivered."""
+
+
+@dataclass(frozen=True, slots=True)
+class Idle:
+    """Nothing was written for a heartbeat interval."""
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Events to write at once, in log order."""
+    bundles: list[Bundle]
+
+
+@dataclass(frozen=True, slots=True)
+class Reset:
+    """The resume point is gone; events after it were missed."""
+    reason: ResetReason
+    oldest_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Current records that pass the filters."""
+    records: list[Record]
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotEnd:
+    """Every current record was sent; they reflect the log up to ``last_id``."""
+    last_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class End:
+    """The stream ends here; the client resumes after ``last_id``."""
+    reason: EndReason
+    last_id: int
+
+
+Item = Union[Opened, Idle, Batch, Reset, Snapshot, SnapshotEnd, End]
+
+
+class Stream:
+    """One subscriber's stream. ``lifetime=False`` keeps it open for as long as the client
+    stays (for clients that cannot resume); ``snapshot=True`` sends the current records first."""
+
+    def __init__(self, store: Store, broker: Broker, settings: Settings, metrics: Metrics,
+                 selection: EventFilter, last_event_id: int | None, transport: str,
+                 peer: Peer | None = None, snapshot: bool = False, lifetime: bool = True) -> None:
+        self.store = store
+        self.broker = broker
+        self.settings = settings
+        self.metrics = metrics
+        self.selection = selection
+        self.last_event_id = last_event_id
+        self.transport = transport
+        self.peer = peer
+        self.snapshot = snapshot
+        self.lifetime = lifetime
+
+    def __iter__(self) -> Iterator[Item]:
+        subscriber = self.broker.subscribe(self.selection, self.transport)
+        self.metrics.opened(self.transport)
+        reason = EndReason.CLIENT
+        unwatch = self.peer.watch_close(subscriber.hang_up) if self.peer else None
+        try:
+            yield Opened()
+            reset = None
+            if self.last_event_id is not None:
+                reset = yield from self._replay(subscriber)
+                if reset is not None and not self.snapshot:
+                    yield reset
+            if self.snapshot and (self.last_event_id is None or reset is not None):
+                yield from self._snapshot(subscriber)
+            reason = yield from self._live(subscriber)
+        finally:
+            if unwatch is not None:
+                unwatch()
+            self.broker.unsubscribe(subscriber)
+            self.metrics.closed(self.transport, reason)
+
+    def _live(self, subscriber: Subscriber) -> Iterator[Item]:
+        """Events as they come, keepalives in silences; returns why the stream ended."""
+        heartbeat = self.settings.heartbeat_seconds
+        deadline = float("inf")
+        if self.lifetime:
+            deadline = (time.monotonic()
+                        + self.settings.stream_max_seconds * random.uniform(0.8, 1.0))
+        if self.peer is not None:
+            subscriber.attach(self.peer.direct_writer())
+        while True:
+            now = time.monotonic()
+            if now >= deadline:
+                yield End(EndReason.LIFETIME, subscriber.last_id)
+                return EndReason.LIFETIME
+            quiet_until = subscriber.wrote_at + heartbeat
+            if now >= quiet_until:
+                yield Idle()
+                subscriber.wrote()
+                continue
+            items = subscriber.take(min(quiet_until, deadline) - now, BATCH_EVENTS, BUNDLE_BYTES)
+            if not items:
+                continue
+            close = items.pop() if isinstance(items[-1], Close) else None
+            batch = subscriber.newer(items)  # type: ignore[arg-type]
+            if batch:
+                yield Batch(batch)
+                subscriber.sent(batch)
+            if close is not None:
+                yield End(close.reason, subscriber.last_id)
+                return close.reason
+
+    def _replay(self, subscriber: Subscriber) -> Iterator[Item]:
+        """Logged events after ``last_event_id`` up to where live delivery starts; returns a
+        ``Reset`` when they cannot all be had.
+
+        Retention may trim while a slow client is replayed; a page read after a trim that
+        reached past the cursor could skip events, so that is a reset too.
+        """
+        store, cursor, upto = self.store, self.last_event_id, subscriber.start_id
+        assert cursor is not None
+        if cursor > upto and cursor > store.head_id():
+            return Reset(ResetReason.UNKNOWN_LAST_EVENT_ID, store.oldest_id())
+        if store.trimmed_through() > cursor:
+            return Reset(ResetReason.HISTORY_TRIMMED, store.oldest_id())
+        for page in store.read_log(self.selection.log, cursor, upto):
+            if store.trimmed_through() > cursor:
+                return Reset(ResetReason.HISTORY_TRIMMED, store.oldest_id())
+            cursor = page[-1].id
+            for bundle in bundles([event for event in page if self.selection(event)]):
+                yield Batch([bundle])
+                subscriber.sent([bundle])
+        subscriber.skip_through(self.last_event_id)  # a client ahead of this process's follower
+        return None
+
+    def _snapshot(self, subscriber: Subscriber) -> Iterator[Item]:
+        """Every current record passing the filter, as of log position N, then N.
+
+        Pages are read one query at a time, not in one long transaction. A record whose
+        version is newer than N changed after N, so it is left out: the live events after N,
+        which the stream sends next, carry its change.
+        """
+        position = self.store.head_id()
+        subscriber.skip_through(position)
+        after = None
+        while True:
+            page = self.store.records(self.selection.log, after, SNAPSHOT_PAGE)
+            records = [r for r in page if r.version <= position and self.selection(r)]
+            if records:
+                yield Snapshot(records)
+                subscriber.wrote()
+            if len(page) < SNAPSHOT_PAGE:
+                break
+            after = (page[-1].key, page[-1].scope, page[-1].scope_id)
+        yield SnapshotEnd(position)
+        subscriber.wrote()

@@ -1,0 +1,1 @@
+"""Server adapters: gunicorn's hooks, and what its gevent worker lets a stream do."""

@@ -1,0 +1,107 @@
+"""gunicorn's server hooks for this service: ``from app.server.hooks import *`` in a gunicorn
+config file gives an app that embeds the service the same behaviour as ``gunicorn.conf.py``:
+
+* metrics summed over every worker (``PROMETHEUS_MULTIPROC_DIR``, made and removed here
+  unless you set it);
+* enough open files for ``worker_connections`` streams;
+* under the gevent worker, direct writes to waiting streams and closes noticed at once;
+* on SIGTERM, every stream ends at once with a final ``shutdown`` frame, and so does every
+  stream opened while the worker stops.
+
+Nothing heavy is imported until a worker runs, so the master never loads the app's modules
+before gevent patches them.
+"""
+from __future__ import annotations
+
+import gc
+import os
+import resource
+import shutil
+import signal
+import socket
+import tempfile
+from typing import Any
+
+__all__ = ["on_starting", "post_worker_init", "post_request", "child_exit", "on_exit"]
+
+MULTIPROC = "PROMETHEUS_MULTIPROC_DIR"
+_OWN_DIR = "MEMORY_EVENTS_OWN_METRICS_DIR"
+
+
+def on_starting(server: Any) -> None:
+    """In the master, before any worker exists."""
+    if MULTIPROC not in os.environ:
+        os.environ[MULTIPROC] = os.environ[_OWN_DIR] = tempfile.mkdtemp(
+            prefix="memory-events-metrics-")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = server.cfg.worker_connections + 1024
+    if hard != resource.RLIM_INFINITY:
+        wanted = min(hard, wanted)
+    if soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    from prometheus_client import multiprocess
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server: Any) -> None:
+    if os.environ.get(_OWN_DIR):
+        shutil.rmtree(os.environ[_OWN_DIR], ignore_errors=True)
+
+
+def post_worker_init(worker: Any) -> None:
+    """Tune the collector, give gevent streams their peer, and end every stream on SIGTERM."""
+    # Thousands of open streams are thousands of long-lived objects; a full collection walking
+    # them all stalled new streams for tens of milliseconds. What exists after start-up is never
+    # garbage, and collections run far less often.
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
+    services = _services(worker.wsgi)
+    from gevent import monkey
+    if monkey.is_module_patched("socket"):
+        from .peer import with_peers
+        worker.wsgi = with_peers(worker.wsgi)
+    stop_worker = worker.handle_exit
+
+    def handle_exit(sig: int, frame: Any) -> None:
+        stopping = worker.alive
+        stop_worker(sig, frame)
+        if stopping:
+            for service in services:
+                service.close()
+
+    worker.handle_exit = handle_exit
+    signal.signal(signal.SIGTERM, handle_exit)
+
+
+def post_request(worker: Any, req: Any, environ: dict, resp: Any) -> None:
+    """A response that ends while the worker stops (a stream told ``shutdown``) closes its
+    connection. Kept alive, it would hold the worker for the keep-alive time, and a client that
+    reconnects on it at once (``EventSource`` does) would open a new stream on a stopping worker
+    instead of reaching one that stays."""
+    if not worker.alive:
+        try:
+            environ["gunicorn.socket"].shutdown(socket.SHUT_RD)
+        except OSError:
+            pass  # the client is gone already
+
+
+def _services(wsgi: Any) -> list:
+    """The service of every Flask app reachable from gunicorn's app: itself, through a
+    middleware that keeps the app it wraps as ``.app`` or ``.wsgi_app``, or a mount of
+    Werkzeug's ``DispatcherMiddleware``."""
+    from ..web.context import EXTENSION
+    found, seen, todo = [], set(), [wsgi]
+    while todo:
+        item = todo.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        extensions = getattr(item, "extensions", None)
+        if isinstance(extensions, dict) and EXTENSION in extensions:
+            found.append(extensions[EXTENSION])
+        todo += [getattr(item, name) for name in ("app", "wsgi_app") if hasattr(item, name)]
+        todo += list(getattr(item, "mounts", {}).values())
+    return found

@@ -1,0 +1,126 @@
+"""The one paged reader of the event log: the follower, replay and history all read through it.
+
+Reading must cost what the reader receives, not the size of the log, and no single query may
+hold a worker (sqlite3 blocks gevent's loop while a statement runs). So:
+
+* a short range of positions is read directly, in keyset pages;
+* otherwise an index narrows the rows first: the globs' literal prefixes as key ranges, the
+  exact scope and scope id, or the ``since`` time. An index offers at most ``CAP`` ids, read
+  without touching the rows, so a selective filter costs what it returns;
+* when no index is narrow enough the log is scanned in windows of ``WINDOW`` positions, each
+  one query, with a pause between them for everyone else.
+"""
+from __future__ import annotations
+
+import time
+from typing import Iterator, Protocol
+
+from ..core.events import Event
+from ..core.filters import LogFilter
+
+#: log positions one scanning query covers
+WINDOW = 4096
+#: ids an index may offer before the reader scans windows instead
+CAP = 20_000
+PAGE = 500
+#: about how many frame bytes one page may hold: pages of large values hold fewer events
+PAGE_BYTES = 4 << 20
+#: the first page of a read, before the size of its events is known
+FIRST_PAGE = 32
+
+NARROWING = ("keys", "scope", "since")
+
+
+class LogSource(Protocol):
+    """What a database answers, each in one short query."""
+
+    def log_after(self, after_id: int, limit: int) -> list[Event]:
+        """Every event after ``after_id``, oldest first (the follower's read)."""
+
+    def log_window(self, where: LogFilter, low: int, high: int, newest_first: bool,
+                   limit: int) -> list[Event]:
+        """Events with ``low < id <= high`` passing ``where``, in order, at most ``limit``."""
+
+    def log_ids(self, where: LogFilter, via: str, low: int, high: int,
+                cap: int) -> list[int] | None:
+        """Ids an index offers for ``where`` (a superset of the matches), or ``None`` when the
+        index has no such narrowing or more than ``cap``."""
+
+    def log_by_ids(self, where: LogFilter, ids: list[int], newest_first: bool) -> list[Event]:
+        """The events with these ids that pass ``where``, in order."""
+
+
+def pause() -> None:
+    """Let other greenlets (or threads) run between two queries of one read."""
+    time.sleep(0)
+
+
+def read_log(source: LogSource, where: LogFilter, after_id: int, upto_id: int | None = None,
+             newest_first: bool = False, page: int = PAGE) -> Iterator[list[Event]]:
+    if upto_id is None:
+        yield from _follow(source, after_id, page)
+        return
+    if upto_id - after_id > WINDOW:
+        for via in NARROWING:
+            ids = source.log_ids(where, via, after_id, upto_id, CAP)
+            if ids is not None:
+                yield from _by_ids(source, where, ids, after_id, upto_id, newest_first, page)
+                return
+            pause()
+    yield from _windows(source, where, after_id, upto_id, newest_first, page)
+
+
+def _fewer(events: list[Event], page: int) -> int:
+    """The next page's size: ``page``, or less when the last page's events were large."""
+    size = sum(event.size for event in events)
+    return max(1, min(page, PAGE_BYTES * len(events) // size)) if size else page
+
+
+def _follow(source: LogSource, after_id: int, page: int) -> Iterator[list[Event]]:
+    limit = min(page, FIRST_PAGE)
+    while True:
+        events = source.log_after(after_id, limit)
+        if events:
+            yield events
+        if len(events) < limit:
+            return
+        after_id = events[-1].id
+        limit = _fewer(events, page)
+        pause()
+
+
+def _by_ids(source: LogSource, where: LogFilter, ids: list[int], after_id: int, upto_id: int,
+            newest_first: bool, page: int) -> Iterator[list[Event]]:
+    wanted = sorted((i for i in ids if after_id < i <= upto_id), reverse=newest_first)
+    start, limit = 0, min(page, FIRST_PAGE)
+    while start < len(wanted):
+        events = source.log_by_ids(where, wanted[start:start + limit], newest_first)
+        start += limit
+        if events:
+            yield events
+            limit = _fewer(events, page)
+        if start < len(wanted):
+            pause()
+
+
+def _windows(source: LogSource, where: LogFilter, after_id: int, upto_id: int,
+             newest_first: bool, page: int) -> Iterator[list[Event]]:
+    """Keyset pages within windows of positions: a page ends at ``page`` events or at the
+    window's end, whichever comes first, so no query reads more than a window of rows."""
+    low, high, limit = after_id, upto_id, min(page, FIRST_PAGE)
+    while low < high:
+        if newest_first:
+            window = (max(low, high - WINDOW), high)
+        else:
+            window = (low, min(high, low + WINDOW))
+        events = source.log_window(where, *window, newest_first, limit)
+        full = len(events) == limit
+        if events:
+            yield events
+            limit = _fewer(events, page)
+        if newest_first:
+            high = events[-1].id - 1 if full else window[0]
+        else:
+            low = events[-1].id if full else window[1]
+        if low < high:
+            pause()

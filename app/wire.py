@@ -1,0 +1,65 @@
+"""What travels on the wire, defined once: the API prefix, id bounds, the reasons a stream ends,
+and the JSON of records and events.
+
+Only the standard library is imported here, so the server and the client share it.
+"""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from enum import Enum
+
+API_PREFIX = "/api/v1"
+#: ids are 64-bit signed integers in every store
+MAX_ID = 2**63 - 1
+#: the scopes memory lives in, most specific first
+SCOPES = ("workflow", "session", "actor", "global")
+#: the WebSocket subprotocol whose clients get control messages as well as events
+WS_PROTOCOL = "memory-events.v1"
+
+
+class EndReason(str, Enum):
+    """Why a stream ended; also the SSE event name of its final frame."""
+    CLIENT = "client"
+    OVERFLOW = "overflow"
+    SHUTDOWN = "shutdown"
+    LIFETIME = "lifetime"
+
+
+class ResetReason(str, Enum):
+    """Why a stream cannot resume where the client asked."""
+    HISTORY_TRIMMED = "history_trimmed"
+    UNKNOWN_LAST_EVENT_ID = "unknown_last_event_id"
+
+
+def utc_text(epoch: float) -> str:
+    """RFC 3339 with microseconds and a ``Z``: what every timestamp on the wire looks like."""
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def dump(value: object) -> str:
+    """Compact JSON, stored as text so it is embedded in answers without parsing it again."""
+    return json.dumps(value, separators=(",", ":"))
+
+
+def record_json(key: str, data: str, scope: str, scope_id: str, created_at: float,
+                updated_at: float, version: int, expires_at: float | None) -> str:
+    """A memory record; ``data`` is already JSON text."""
+    expires = "null" if expires_at is None else '"%s"' % utc_text(expires_at)
+    return ('{"key":%s,"data":%s,"scope":%s,"scope_id":%s,"created_at":"%s","updated_at":"%s",'
+            '"version":"%d","expires_at":%s}'
+            % (dump(key), data, dump(scope), dump(scope_id), utc_text(created_at),
+               utc_text(updated_at), version, expires))
+
+
+def event_json(event_id: int, epoch: float, scope: str, scope_id: str, key: str, action: str,
+               data: str | None, previous_data: str | None, agent_id: str, actor_id: str,
+               workflow_id: str, reason: str | None) -> str:
+    """A memory change; ``data`` and ``previous_data`` are already JSON text (or ``None``)."""
+    extra = "" if reason is None else ',"reason":%s' % dump(reason)
+    return ('{"id":"%d","type":"memory_change","timestamp":"%s","scope":%s,"scope_id":%s,'
+            '"key":%s,"action":"%s","data":%s,"previous_data":%s,'
+            '"metadata":{"agent_id":%s,"actor_id":%s,"workflow_id":%s%s}}'
+            % (event_id, utc_text(epoch), dump(scope), dump(scope_id), dump(key), action,
+               data or "null", previous_data or "null", dump(agent_id), dump(actor_id),
+               dump(workflow_id), extra))
