@@ -58,21 +58,24 @@ def _explicit(scope: str, scope_id: object, headers: Mapping[str, str]) -> tuple
     return scope, sid
 
 
-def candidates(scope: object, scope_id: object,
-               headers: Mapping[str, str]) -> list[tuple[str, str]]:
+def candidates(scope: object, scope_id: object, headers: Mapping[str, str],
+               reading: bool = False) -> list[tuple[str, str]]:
     """Scopes to look in, most specific first.
 
     With an explicit scope that is the only one; otherwise every scope whose header is present,
     in the order workflow, session, actor, then global. A write uses the first, a read the first
-    that holds the key.
+    that holds the key. A read of an explicit scope without an id finds nothing (no list), as
+    the control plane answers it: AgentField's TypeScript client walks the scopes that way.
     """
     name = check_scope(scope)
     if name is not None:
+        if reading and name != "global" and (optional_text(scope_id, "scope_id")
+                                              or header_id(name, headers)) is None:
+            return []
         return [_explicit(name, scope_id, headers)]
     if optional_text(scope_id, "scope_id") is not None:
         raise Invalid("missing_scope", "'scope_id' was given without 'scope'.")
-    found = [(s, sid) for s in SCOPES if (sid := header_id(s, headers)) is not None]
-    return found
+    return [(s, sid) for s in SCOPES if (sid := header_id(s, headers)) is not None]
 
 
 def author(headers: Mapping[str, str]) -> Author:

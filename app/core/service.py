@@ -21,6 +21,7 @@ from .metrics import Metrics
 from .peer import Peer
 from .records import Author, Record
 from .stream import Stream
+from .vectors import VectorMemory
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ class Service:
         self._opening = threading.Lock()
         self._store: Store | None = None
         self._follower: Follower | None = None
+        self.vectors = VectorMemory(lambda: self.store, settings.vector_metric)
 
     @property
     def store(self) -> Store:

@@ -4,7 +4,8 @@ config file gives an app that embeds the service the same behaviour as ``gunicor
 * metrics summed over every worker (``PROMETHEUS_MULTIPROC_DIR``, made and removed here
   unless you set it);
 * enough open files for ``worker_connections`` streams;
-* under the gevent worker, direct writes to waiting streams and closes noticed at once;
+* under the gevent worker, direct writes to waiting streams, closes noticed at once, and
+  vector searches scored in a thread, off the event loop;
 * on SIGTERM, every stream ends at once with a final ``shutdown`` frame, and so does every
   stream opened while the worker stops.
 
@@ -61,8 +62,13 @@ def post_worker_init(worker: Any) -> None:
     services = _services(worker.wsgi)
     from gevent import monkey
     if monkey.is_module_patched("socket"):
+        import gevent
+
         from .peer import with_peers
         worker.wsgi = with_peers(worker.wsgi)
+        pool = gevent.get_hub().threadpool
+        for service in services:  # numpy scores in a thread while the loop serves the rest
+            service.vectors.offload = lambda function, *args: pool.apply(function, args)
     stop_worker = worker.handle_exit
 
     def handle_exit(sig: int, frame: Any) -> None:

@@ -44,7 +44,7 @@ def get_memory() -> Response:
     fields = params.body()
     key = params.key(fields, service.settings)
     record = service.get(key, candidates(fields.get("scope"), fields.get("scope_id"),
-                                         request.headers))
+                                         request.headers, reading=True))
     if record is None:
         raise NotFound("not_found", f"No memory under key '{key}'.")
     return json_response(record.json)
