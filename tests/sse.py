@@ -14,6 +14,16 @@ import urllib3
 from app.client.sse import SseFrame, frames
 
 
+def socket_of(response: requests.Response) -> socket.socket | None:
+    """The socket a streamed response reads from. With ``Connection: close`` http.client
+    hands the socket over to the response, so the connection no longer knows it."""
+    connection = response.raw.connection
+    if connection is not None and connection.sock is not None:
+        return connection.sock
+    reader = getattr(getattr(response.raw, "_fp", None), "fp", None)
+    return getattr(getattr(reader, "raw", None), "_sock", None)
+
+
 class SSEClient:
     """Opens a stream with ``requests`` and parses frames as they arrive."""
 
@@ -68,10 +78,10 @@ class SSEClient:
     def close(self) -> None:
         """Shut the socket down first: closing a response while the reader thread waits in a
         read would wait for that read to time out."""
-        connection = self.response.raw.connection
-        if connection is not None and connection.sock is not None:
+        sock = socket_of(self.response)
+        if sock is not None:
             with contextlib.suppress(OSError):
-                connection.sock.shutdown(socket.SHUT_RDWR)
+                sock.shutdown(socket.SHUT_RDWR)
         self.response.close()
 
     def __enter__(self) -> "SSEClient":

@@ -1,15 +1,22 @@
-"""Resume: a client that reconnects with its last id gets every matching event once, in order."""
+"""Resume and snapshot: a client that reconnects with its last id gets every matching event
+once, in order; one that asks for a snapshot gets the current records, then every change after
+them; either way it ends up with the exact state."""
 from __future__ import annotations
 
 import threading
 
+import pytest
 import requests
 
 from .api import history_ids, put
-from .conftest import wait_until
+from .conftest import Server, every_store, wait_until
 from .sse import SSEClient
+from .test_ws import QUICK, WSClient
 
 SSE = "/api/v1/memory/events/sse"
+#: SSE, and the WebSocket of a client that asked for control messages
+TRANSPORTS = pytest.mark.parametrize("transport", ["sse", "ws"])
+SHORT_RETENTION = {"MEMORY_RETENTION_HOURS": "0.0002", **QUICK}
 
 
 def _storm(base_url: str, writers: int, writes: int) -> list[threading.Thread]:
@@ -33,6 +40,12 @@ def _ids(stream: SSEClient, until: int, timeout: float = 30) -> list[int]:
     return ids
 
 
+def trim_log(server: Server) -> None:
+    """Wait for the retention (a short one) to empty the log."""
+    wait_until(lambda: history_ids(server.url) == [], timeout=10, message="retention")
+
+
+@every_store
 def test_reconnect_during_writer_storm_loses_and_repeats_nothing(server):
     received: list[int] = []
     with SSEClient(server.url + SSE, params={"patterns": "match.*"}) as first:
@@ -70,13 +83,10 @@ def test_resume_replays_only_what_passes_the_filter(server):
 
 
 def test_trimmed_history_sends_reset_then_live(server_factory):
-    server = server_factory(env={"MEMORY_RETENTION_HOURS": "0.0002",
-                                 "MEMORY_HEARTBEAT_SECONDS": "0.5"})
+    server = server_factory(env=SHORT_RETENTION)
     for i in range(3):
         put(server.url, f"old.{i}", i)
-    with SSEClient(server.url + SSE) as watcher:  # starts the follower, which trims
-        watcher.next()
-        wait_until(lambda: history_ids(server.url) == [], timeout=10, message="retention")
+    trim_log(server)
     with SSEClient(server.url + SSE, headers={"Last-Event-ID": "1"}) as stream:
         reset = stream.next_event()
         assert reset.event == "reset"
@@ -96,3 +106,138 @@ def test_bad_last_event_id_is_refused(server):
     response = requests.get(server.url + SSE, headers={"Last-Event-ID": "abc"}, timeout=5)
     assert response.status_code == 400
     assert response.json()["error"] == "invalid_last_event_id"
+
+
+# -- snapshots -------------------------------------------------------------------------------
+
+class SseItems:
+    """An SSE stream's frames in the shape a protocol WebSocket client's messages have:
+    ``("event", event)`` or ``("control", {"type": …, …})``."""
+
+    def __init__(self, server: Server, params: dict, last_event_id: str | None) -> None:
+        headers = {"Last-Event-ID": last_event_id} if last_event_id else None
+        self.stream = SSEClient(server.url + SSE, params=params, headers=headers)
+
+    def next(self) -> tuple[str, dict]:
+        frame = self.stream.next_event()
+        assert frame is not None, "the stream ended"
+        if frame.event == "message":
+            return "event", frame.json
+        if frame.event == "snapshot":
+            return "control", {"type": "snapshot", "record": frame.json}
+        if frame.event == "snapshot_end":
+            assert frame.json == {"last_id": frame.id}, "snapshot_end's id and last_id differ"
+        return "control", {"type": frame.event, **frame.json}
+
+    def __enter__(self) -> "SseItems":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stream.close()
+
+
+def open_stream(server: Server, transport: str, params: dict,
+                last_event_id: str | None = None) -> SseItems | WSClient:
+    """A stream as an EventSource (the id in ``Last-Event-ID``) or a protocol WebSocket client
+    (the id in the query) opens it."""
+    if transport == "sse":
+        return SseItems(server, params, last_event_id)
+    resume = {"last_event_id": last_event_id} if last_event_id else {}
+    return WSClient(server, {**params, **resume}, protocol=True)
+
+
+def read_snapshot(stream: SseItems | WSClient) -> tuple[list[dict], int]:
+    """The records of the snapshot a stream starts with, and the position they reflect."""
+    records = []
+    while (item := stream.next())[1]["type"] == "snapshot":
+        records.append(item[1]["record"])
+    assert item[0] == "control" and item[1]["type"] == "snapshot_end", \
+        f"expected the snapshot to go on or end, got {item}"
+    return records, int(item[1]["last_id"])
+
+
+def listing(server: Server, **params: str) -> list[dict]:
+    response = requests.get(server.url + "/api/v1/memory/list", params=params, timeout=10)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def delete(server: Server, key: str, **scope: str) -> None:
+    response = requests.post(server.url + "/api/v1/memory/delete", json={"key": key, **scope},
+                             timeout=10)
+    assert response.status_code == 204, response.text
+
+
+@TRANSPORTS
+def test_snapshot_sends_matching_records_then_only_the_changes_after_them(server, transport):
+    """Taken while a writer is busy: the records reflect position N, the events that follow
+    are exactly the matching ones after N, and together they give the exact state."""
+    s1 = {"scope": "session", "scope_id": "s1"}
+    kept = put(server.url, "s.kept", "never changes", **s1)
+    for i in range(5):
+        put(server.url, f"s.{i}", 0, **s1)
+    put(server.url, "s.0", "other scope id", scope="session", scope_id="s2")
+    put(server.url, "t.0", "other key", **s1)
+    delete(server, "s.4", **s1)
+    written = []
+
+    def write() -> None:
+        with requests.Session() as session:
+            for n in range(1, 41):
+                written.append(put(server.url, f"s.{n % 5}", n, session=session, **s1))
+                if n % 10 == 0:
+                    delete(server, f"s.{n % 7}", **s1)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        wait_until(lambda: len(written) >= 5, message="the writer to be busy")
+        with open_stream(server, transport, {**s1, "patterns": "s.*", "snapshot": "1"}) as stream:
+            records, position = read_snapshot(stream)
+            writer.join()
+            after = [i for i in history_ids(server.url, patterns="s.*", **s1) if i > position]
+            events = [stream.next() for _ in after]
+    finally:
+        writer.join()
+    assert kept in records
+    assert all(int(record["version"]) <= position for record in records)
+    assert [(kind, int(event["id"])) for kind, event in events] == [("event", i) for i in after]
+    state = {record["key"]: record["data"] for record in records}
+    for _, event in events:
+        if event["action"] == "set":
+            state[event["key"]] = event["data"]
+        else:
+            state.pop(event["key"], None)
+    assert state == {record["key"]: record["data"]
+                     for record in listing(server, prefix="s.", **s1)}
+
+
+@TRANSPORTS
+def test_snapshot_with_a_last_event_id_replays_instead(server, transport):
+    versions = [put(server.url, f"k.{i}", i)["version"] for i in range(3)]
+    with open_stream(server, transport, {"patterns": "k.*", "snapshot": "1"},
+                     last_event_id=versions[0]) as stream:
+        replayed = [stream.next() for _ in range(2)]
+        assert [(kind, event.get("id")) for kind, event in replayed] == \
+            [("event", version) for version in versions[1:]]
+        put(server.url, "k.live", "live")
+        kind, event = stream.next()
+        assert (kind, event["key"]) == ("event", "k.live")
+
+
+@TRANSPORTS
+@pytest.mark.parametrize("why", ["history_trimmed", "unknown_last_event_id"])
+def test_snapshot_replaces_the_reset_when_the_stream_cannot_resume(server_factory, transport,
+                                                                   why):
+    trimmed = why == "history_trimmed"
+    server = server_factory(env=SHORT_RETENTION if trimmed else QUICK)
+    records = [put(server.url, f"k.{i}", i) for i in range(3)]
+    if trimmed:
+        trim_log(server)
+    last_event_id = "1" if trimmed else "999"
+    with open_stream(server, transport, {"patterns": "k.*", "snapshot": "1"},
+                     last_event_id=last_event_id) as stream:
+        assert read_snapshot(stream) == (records, 3)
+        put(server.url, "k.live", "live")
+        kind, event = stream.next()
+        assert (kind, event["id"], event["key"]) == ("event", "4", "k.live")

@@ -10,14 +10,21 @@ import pytest
 import requests
 
 from .api import put
-from .conftest import ROOT, free_port, wait_until
+from .conftest import ROOT, Server, free_port, wait_until
 from .sse import SSEClient
+from .test_ws import AT_ONCE, SLOW_PINGS, seconds_until
+
+SSE = "/api/v1/memory/events/sse"
+
+
+def sse_subscribers(server: Server) -> float:
+    return server.metric("memory_events_subscribers", transport="sse")
 
 
 @pytest.mark.parametrize("worker_class", ["gevent", "gthread"])
 def test_filtered_stream_opens_at_once_and_delivers_only_matches(server_factory, worker_class):
     server = server_factory(worker_class=worker_class, env={"MEMORY_HEARTBEAT_SECONDS": "30"})
-    with SSEClient(server.url + "/api/v1/memory/events/sse",
+    with SSEClient(server.url + SSE,
                    params={"patterns": "match.*"}) as stream:
         assert stream.response.status_code == 200
         assert stream.response.headers["Content-Type"].startswith("text/event-stream")
@@ -35,7 +42,7 @@ def test_filtered_stream_opens_at_once_and_delivers_only_matches(server_factory,
 
 
 def test_invalid_pattern_is_refused_before_any_stream(server):
-    response = requests.get(server.url + "/api/v1/memory/events/sse",
+    response = requests.get(server.url + SSE,
                             params={"patterns": "[invalid"}, timeout=5)
     assert response.status_code == 400
     body = response.json()
@@ -43,20 +50,31 @@ def test_invalid_pattern_is_refused_before_any_stream(server):
     assert "[invalid" in body["message"]
 
 
-@pytest.mark.parametrize("worker_class", ["gevent", "gthread"])
-def test_disconnected_client_is_unsubscribed(server_factory, worker_class):
-    server = server_factory(worker_class=worker_class, env={"MEMORY_HEARTBEAT_SECONDS": "0.2"})
-    stream = SSEClient(server.url + "/api/v1/memory/events/sse", params={"patterns": "none.*"})
-    stream.next(timeout=2)
-    assert server.metric("memory_events_subscribers", transport="sse") == 1
+def seconds_to_let_a_closed_client_go(server: Server) -> float:
+    """Open a stream, close it, and time how long until the server lets it go."""
+    stream = SSEClient(server.url + SSE, params={"patterns": "none.*"})
+    assert stream.next(timeout=2).comments == ("connected",)
+    assert sse_subscribers(server) == 1
     stream.close()
-    wait_until(lambda: server.metric("memory_events_subscribers", transport="sse") == 0,
-               timeout=5, message="the subscriber gauge to drop to zero")
+    seconds = seconds_until(lambda: sse_subscribers(server) == 0,
+                            message="the subscriber gauge to drop to zero")
     assert server.metric("memory_events_disconnects_total", reason="client") == 1
+    return seconds
+
+
+def test_a_client_that_closes_is_let_go_at_once_under_gevent(server_factory):
+    """No keepalive is due for far longer than the bound: the worker sees the close itself."""
+    server = server_factory(env=SLOW_PINGS)
+    assert seconds_to_let_a_closed_client_go(server) < AT_ONCE
+
+
+def test_a_client_that_closes_is_let_go_at_the_next_keepalive_under_gthread(server_factory):
+    server = server_factory(worker_class="gthread", env={"MEMORY_HEARTBEAT_SECONDS": "0.2"})
+    assert seconds_to_let_a_closed_client_go(server) < 5
 
 
 def test_keepalive_after_silence(server):
-    with SSEClient(server.url + "/api/v1/memory/events/sse") as stream:
+    with SSEClient(server.url + SSE) as stream:
         stream.next(timeout=2)
         assert stream.next(timeout=3).comments == ("keepalive",)
 
@@ -66,15 +84,15 @@ def test_no_keepalive_while_changes_flow(server_factory, worker_class):
     """A keepalive follows silence only: changes written to the stream (by its own greenlet or
     straight from the publisher) count as writes."""
     server = server_factory(worker_class=worker_class, env={"MEMORY_HEARTBEAT_SECONDS": "1"})
-    with SSEClient(server.url + "/api/v1/memory/events/sse") as stream, \
+    with SSEClient(server.url + SSE) as stream, \
             requests.Session() as session:
         stream.next(timeout=2)
-        for n in range(25):  # 2.5 s of a change every 0.1 s
+        for n in range(15):  # 1.5 heartbeats of a change every 0.1 s
             put(server.url, f"k.{n}", n, session=session)
             time.sleep(0.1)
-        frames = [stream.next(timeout=5) for _ in range(25)]
+        frames = [stream.next(timeout=5) for _ in range(15)]
         assert [frame.comments for frame in frames if frame.comments] == []
-        assert [frame.json["key"] for frame in frames] == [f"k.{n}" for n in range(25)]
+        assert [frame.json["key"] for frame in frames] == [f"k.{n}" for n in range(15)]
         assert stream.next(timeout=3).comments == ("keepalive",)
 
 
@@ -88,7 +106,7 @@ def test_werkzeug_dev_server_streams_and_cleans_up(tmp_path):
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until(lambda: _answers(url), timeout=30, message="the dev server")
-        with SSEClient(url + "/api/v1/memory/events/sse", params={"patterns": "match.*"}) as stream:
+        with SSEClient(url + SSE, params={"patterns": "match.*"}) as stream:
             assert stream.next().comments == ("connected",)
             put(url, "skip.this", 1)
             put(url, "match.foo", 2)

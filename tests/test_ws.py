@@ -1,5 +1,9 @@
 """The WebSocket stream against real gunicorn servers (gevent and gthread) and a real client.
 
+Two kinds of client: a *plain* one (no subprotocol, as AgentField's SDKs connect) gets events
+only and learns why its stream ended from the close frame; a *protocol* one
+(``Sec-WebSocket-Protocol: memory-events.v1``) also gets control messages.
+
 Includes the AgentField control plane's WebSocket cases, ported: the happy path and the
 rejection of a request that is not an upgrade.
 """
@@ -13,7 +17,9 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
+from typing import Callable
 from urllib.parse import urlencode
 
 import pytest
@@ -21,17 +27,30 @@ import requests
 import websocket
 from websocket import ABNF
 
+from app.wire import WS_PROTOCOL
+
 from .api import history_ids, put
 from .conftest import Server, wait_until
 from .sse import SSEClient
 
 WS_PATH = "/api/v1/memory/events/ws"
 WORKERS = pytest.mark.parametrize("worker_class", ["gevent", "gthread"])
+PROTOCOLS = pytest.mark.parametrize("protocol", [False, True], ids=["plain", "protocol"])
 #: a short heartbeat, so the server's pings and its noticing of gone clients are quick
 QUICK = {"MEMORY_HEARTBEAT_SECONDS": "0.5"}
+#: a heartbeat far above any bound a test checks: pings cannot be what notices a client left
+SLOW_PINGS = {"MEMORY_HEARTBEAT_SECONDS": "30"}
+#: how soon a client that closed its connection must be let go
+AT_ONCE = 0.5
 LOST = -1  # not an opcode: the connection broke without a close frame
-NORMAL_CLOSURE, GOING_AWAY = 1000, 1001
+NORMAL_CLOSURE, GOING_AWAY, POLICY_VIOLATION = 1000, 1001, 1008
 TOO_BIG = struct.pack("!H", 1009)  # a close frame's status code, as sent
+#: how a plain client's stream closes, by why it ended (the reason carries the resume id)
+PLAIN_CLOSE = {"overflow": POLICY_VIOLATION, "shutdown": GOING_AWAY}
+#: the close codes protocol clients get after the final message, where the code is fixed
+PROTOCOL_CLOSE = {"shutdown": GOING_AWAY, "lifetime": NORMAL_CLOSURE}
+#: as small a receive window as the kernel allows: writes to a client that does not read block
+SMALL_WINDOW = [(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)]
 
 
 def ws_url(server: Server, params: dict | None = None) -> str:
@@ -40,14 +59,27 @@ def ws_url(server: Server, params: dict | None = None) -> str:
 
 
 class WSClient:
-    """A client that behaves like a browser: a thread reads every frame and answers pings."""
+    """A client that behaves like a browser: a thread reads every frame and answers pings.
 
-    def __init__(self, server: Server, params: dict | None = None, **options: object) -> None:
+    ``protocol`` asks for the service's subprotocol; ``reading=False`` leaves the socket unread
+    (so unanswered pings too) until ``read`` is called.
+    """
+
+    def __init__(self, server: Server, params: dict | None = None, protocol: bool = False,
+                 reading: bool = True, **options: object) -> None:
+        if protocol:
+            options["subprotocols"] = [WS_PROTOCOL]
+        self.protocol = protocol
         self.conn = websocket.create_connection(ws_url(server, params), timeout=10,
                                                 enable_multithread=True, **options)
+        assert self.conn.getsubprotocol() == (WS_PROTOCOL if protocol else None)
         self.conn.settimeout(None)
         self.frames: queue.Queue[tuple[int, bytes]] = queue.Queue()
         self.ended = threading.Event()
+        if reading:
+            self.read()
+
+    def read(self) -> None:
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
@@ -69,24 +101,27 @@ class WSClient:
         except queue.Empty:
             raise AssertionError(f"no WebSocket frame within {timeout}s") from None
 
-    def text(self, timeout: float = 10.0) -> str:
+    def next(self, timeout: float = 10.0) -> tuple[str, object]:
+        """The next frame as ``("event", event)``, ``("control", message)``,
+        ``("close", (code, reason))``, or ``(opcode, data)`` for anything else."""
         opcode, data = self.frame(timeout)
-        assert opcode == ABNF.OPCODE_TEXT, f"expected a text message, got {opcode}: {data!r}"
-        return data.decode()
+        if opcode == ABNF.OPCODE_TEXT:
+            message = json.loads(data)
+            return ("event" if message.get("type") == "memory_change" else "control"), message
+        if opcode == ABNF.OPCODE_CLOSE and len(data) >= 2:
+            return "close", (struct.unpack("!H", data[:2])[0], data[2:].decode())
+        return str(opcode), data
 
     def message(self, timeout: float = 10.0) -> dict:
-        return json.loads(self.text(timeout))
+        kind, message = self.next(timeout)
+        assert kind in ("event", "control"), f"expected a text message, got {kind}: {message!r}"
+        return message  # type: ignore[return-value]
 
     def keys(self, count: int, timeout: float = 10.0) -> list[str]:
-        """The keys of the next ``count`` events; a control message fails the test."""
-        found = [self.message(timeout) for _ in range(count)]
-        assert all(event["type"] == "memory_change" for event in found), found
-        return [event["key"] for event in found]
-
-    def close_code(self, timeout: float = 10.0) -> int:
-        opcode, data = self.frame(timeout)
-        assert opcode == ABNF.OPCODE_CLOSE, f"expected the server's close, got {opcode}: {data!r}"
-        return struct.unpack("!H", data[:2])[0]
+        """The keys of the next ``count`` frames, which must all be events."""
+        found = [self.next(timeout) for _ in range(count)]
+        assert all(kind == "event" for kind, _ in found), found
+        return [event["key"] for _, event in found]  # type: ignore[index]
 
     def close(self) -> None:
         """Close as a polite client does: a close frame, then the socket once it is answered."""
@@ -94,11 +129,17 @@ class WSClient:
         self.ended.wait(10)
         self.conn.shutdown()
 
+    def drop(self) -> None:
+        """Close the TCP connection without a close frame. (A bare ``close`` of the socket
+        would wait for the reader thread's ``recv`` before the kernel sent anything.)"""
+        self.conn.abort()
+        self.conn.shutdown()
+
     def __enter__(self) -> "WSClient":
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.conn.shutdown()
+        self.drop()
 
 
 def ws_subscribers(server: Server) -> float:
@@ -107,6 +148,13 @@ def ws_subscribers(server: Server) -> float:
 
 def disconnects(server: Server, reason: str) -> float:
     return server.metric("memory_events_disconnects_total", reason=reason)
+
+
+def seconds_until(check: Callable[[], object], timeout: float = 10.0, message: str = "") -> float:
+    """How long until ``check`` holds, polled from now."""
+    started = time.monotonic()
+    wait_until(check, timeout=timeout, interval=0.01, message=message)
+    return time.monotonic() - started
 
 
 def subscribe(server: Server, params: dict | None = None, **options: object) -> WSClient:
@@ -119,6 +167,26 @@ def subscribe(server: Server, params: dict | None = None, **options: object) -> 
     client = WSClient(server, params, **options)
     wait_until(lambda: ws_subscribers(server) > before, message="the socket's subscription")
     return client
+
+
+def until_end(client: WSClient, why: str) -> tuple[list[dict], str]:
+    """The events ``client`` gets until its stream ends for reason ``why``, and the id to resume
+    after, from the final message (protocol clients) or the close reason (plain clients)."""
+    events = []
+    while (item := client.next())[0] == "event":
+        events.append(item[1])
+    if client.protocol:
+        kind, final = item
+        assert kind == "control" and final == {"type": why, "last_id": final.get("last_id")}, \
+            f"expected a final {why} message, got {item}"
+        kind, (code, _) = client.next()  # type: ignore[misc]
+        assert kind == "close" and code == PROTOCOL_CLOSE.get(why, code), (kind, code)
+    else:
+        kind, (code, reason) = item  # type: ignore[misc]
+        assert kind == "close", f"a plain client got {item}"
+        final = json.loads(reason)
+        assert (code, final) == (PLAIN_CLOSE[why], {"type": why, "last_id": final.get("last_id")})
+    return events, final["last_id"]  # type: ignore[return-value]
 
 
 def event_id(server: Server, key: str) -> str:
@@ -149,24 +217,24 @@ def test_control_plane_upgrade_rejection(server):
 
 
 @WORKERS
-def test_event_is_one_text_frame_with_the_sse_event_json(server_factory, worker_class):
+@PROTOCOLS
+def test_event_is_one_text_frame_with_the_sse_event_json(server_factory, worker_class, protocol):
     server = server_factory(worker_class=worker_class, env=QUICK)
     params = {"patterns": "user.*"}
     with SSEClient(server.url + "/api/v1/memory/events/sse", params=params) as sse, \
-            subscribe(server, params) as ws:
+            subscribe(server, params, protocol=protocol) as ws:
         assert sse.next(timeout=5).comments == ("connected",)
         put(server.url, "user.1", {"name": "Ada", "tags": ["x", "ü"]}, scope="actor",
             scope_id="a1")
         put(server.url, "user.2", None)
         for key in ("user.1", "user.2"):
             frame = sse.next_event()
-            assert ws.text() == frame.data
+            opcode, data = ws.frame()
+            assert (opcode, data.decode()) == (ABNF.OPCODE_TEXT, frame.data)
             assert json.loads(frame.data)["key"] == key
 
 
-@WORKERS
-def test_filters_deliver_only_matching_changes(server_factory, worker_class):
-    server = server_factory(worker_class=worker_class, env=QUICK)
+def test_filters_deliver_only_matching_changes(server):
     with subscribe(server, {"scope": "session", "scope_id": "s1"}) as by_scope, \
             subscribe(server, {"patterns": " user.* , ,cfg.?"}) as by_key:
         put(server.url, "user.1", 1, scope="session", scope_id="s1")
@@ -211,33 +279,30 @@ def test_resume_replays_in_order_then_goes_live_without_duplicates(server_factor
         writer.join()
 
 
-@WORKERS
-def test_resume_from_trimmed_history_resets(server_factory, worker_class):
-    """Resuming from an id whose successors the retention removed: a reset naming the oldest
-    id still to come, then live events."""
-    server = server_factory(worker_class=worker_class,
-                            env={**QUICK, "MEMORY_RETENTION_HOURS": "0.0001"})
+def test_trimmed_resume_resets_protocol_clients_and_plain_ones_get_events_only(server_factory):
+    """Resuming from an id whose successors the retention removed: a protocol client gets a
+    reset naming the oldest id still to come, then live events; a plain client gets the live
+    events only, and no snapshot either when it asks for one."""
+    server = server_factory(env={**QUICK, "MEMORY_RETENTION_HOURS": "0.0001"})
     with subscribe(server, {"patterns": "k.*"}) as live:
         put(server.url, "k.1", 1)
         put(server.url, "k.2", 2)
         ids = [live.message()["id"] for _ in range(2)]
     wait_until(lambda: history_ids(server.url) == [], message="the retention to trim the log")
-    with WSClient(server, {"patterns": "k.*", "last_event_id": ids[0]}) as client:
-        assert client.message() == {"type": "reset", "reason": "history_trimmed",
-                                    "oldest_id": str(int(ids[-1]) + 1)}
+    resume = {"patterns": "k.*", "last_event_id": ids[0]}
+    with subscribe(server, resume, protocol=True) as protocol, \
+            subscribe(server, resume) as plain, \
+            subscribe(server, {"patterns": "k.*", "snapshot": "1"}) as plain_snapshot:
+        assert protocol.message() == {"type": "reset", "reason": "history_trimmed",
+                                      "oldest_id": str(int(ids[-1]) + 1)}
         put(server.url, "k.3", 3)
-        assert client.keys(1) == ["k.3"]
+        for client in (protocol, plain, plain_snapshot):
+            assert client.keys(1) == ["k.3"]
 
 
 def tcp_send_buffer_max() -> int:
     """The most a server socket buffers for a client that does not read (Linux)."""
     return int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])
-
-
-def not_reading(server: Server, params: dict) -> websocket.WebSocket:
-    """A socket whose owner reads nothing until told to, with as small a window as it can."""
-    return websocket.create_connection(ws_url(server, params), timeout=10,
-                                       sockopt=[(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)])
 
 
 def events_to_fill_buffers(value_size: int) -> int:
@@ -247,7 +312,9 @@ def events_to_fill_buffers(value_size: int) -> int:
 
 
 @WORKERS
-def test_overflow_ends_the_socket_and_resuming_loses_nothing(server_factory, worker_class):
+@PROTOCOLS
+def test_overflow_ends_the_socket_and_resuming_loses_nothing(server_factory, worker_class,
+                                                             protocol):
     queue_size, value_size = 5, 200_000
     # The slow client answers no pings while it does not read: a long heartbeat keeps it.
     server = server_factory(worker_class=worker_class, env={
@@ -255,7 +322,7 @@ def test_overflow_ends_the_socket_and_resuming_loses_nothing(server_factory, wor
     params = {"patterns": "big.*"}
     burst = events_to_fill_buffers(value_size) + queue_size + 4
     keys = [f"big.{i:03}" for i in range(burst)]
-    slow = not_reading(server, params)
+    slow = WSClient(server, params, protocol=protocol, reading=False, sockopt=SMALL_WINDOW)
     try:
         with subscribe(server, params) as fast:
             wait_until(lambda: ws_subscribers(server) == 2, message="both subscriptions")
@@ -266,23 +333,21 @@ def test_overflow_ends_the_socket_and_resuming_loses_nothing(server_factory, wor
                 put(server.url, key, "x" * value_size)
                 assert fast.keys(1) == [key]
 
-            received: list[dict] = []
-            while (message := json.loads(slow.recv()))["type"] == "memory_change":
-                received.append(message)
+            slow.read()
+            received, last_id = until_end(slow, "overflow")
             assert 0 < len(received) < burst
             assert [event["key"] for event in received] == keys[:len(received)]
-            assert message == {"type": "overflow", "last_id": received[-1]["id"]}
-            opcode, frame = slow.recv_data_frame()
-            assert opcode == ABNF.OPCODE_CLOSE
-            assert disconnects(server, "overflow") == 1
+            assert last_id == received[-1]["id"]
             assert ws_subscribers(server) == 1
+        wait_until(lambda: ws_subscribers(server) == 0, message="the fast client to be let go")
 
-        with subscribe(server, {**params, "last_event_id": message["last_id"]}) as resumed:
+        with subscribe(server, {**params, "last_event_id": last_id}) as resumed:
             assert resumed.keys(burst - len(received), timeout=60) == keys[len(received):]
             put(server.url, "big.end", None)
             assert resumed.keys(1) == ["big.end"]
     finally:
-        slow.shutdown()
+        slow.drop()
+    assert disconnects(server, "overflow") == 1
 
 
 @WORKERS
@@ -290,7 +355,7 @@ def test_client_that_stops_reading_is_let_go(server_factory, worker_class):
     """With writes to it blocked, a client that answers no pings is dropped all the same."""
     server = server_factory(worker_class=worker_class, env=QUICK)
     value_size = 200_000
-    slow = not_reading(server, {"patterns": "big.*"})
+    slow = WSClient(server, {"patterns": "big.*"}, reading=False, sockopt=SMALL_WINDOW)
     try:
         wait_until(lambda: ws_subscribers(server) == 1, message="the subscription")
         for i in range(events_to_fill_buffers(value_size)):
@@ -299,13 +364,11 @@ def test_client_that_stops_reading_is_let_go(server_factory, worker_class):
                    message="the stalled client's subscription to end")
         assert disconnects(server, "client") == 1
     finally:
-        slow.shutdown()
+        slow.drop()
 
 
-@WORKERS
-def test_origin_is_checked_before_the_handshake(server_factory, worker_class):
-    server = server_factory(worker_class=worker_class,
-                            env={**QUICK, "MEMORY_CORS_ORIGINS": "https://app.example"})
+def test_origin_is_checked_before_the_handshake(server_factory):
+    server = server_factory(env={**QUICK, "MEMORY_CORS_ORIGINS": "https://app.example"})
     with pytest.raises(websocket.WebSocketBadStatusException) as refused:
         WSClient(server, origin="https://evil.example")
     assert refused.value.status_code == 403
@@ -322,7 +385,7 @@ def test_origin_is_checked_before_the_handshake(server_factory, worker_class):
             assert client.keys(1) == ["k"]
     finally:
         for client in accepted:
-            client.conn.shutdown()
+            client.drop()
 
 
 def until_pong(client: WSClient) -> bytes:
@@ -353,13 +416,15 @@ def test_client_messages_are_read_and_ignored(server_factory, worker_class):
 
 
 @WORKERS
-def test_client_close_cleans_up(server_factory, worker_class):
-    server = server_factory(worker_class=worker_class, env=QUICK)
+@pytest.mark.parametrize("how", ["close", "drop"], ids=["close_frame", "tcp_close"])
+def test_a_client_that_closes_is_let_go_at_once(server_factory, worker_class, how):
+    server = server_factory(worker_class=worker_class, env=SLOW_PINGS)
     client = subscribe(server)
     put(server.url, "k", 1)
     assert client.keys(1) == ["k"]
-    client.close()
-    wait_until(lambda: ws_subscribers(server) == 0, message="the subscription to end")
+    getattr(client, how)()
+    assert seconds_until(lambda: ws_subscribers(server) == 0,
+                         message="the subscription to end") < AT_ONCE
     assert disconnects(server, "client") == 1
 
 
@@ -394,25 +459,37 @@ def test_vanished_client_is_unsubscribed(server_factory, worker_class, sig):
 
 
 @WORKERS
-def test_server_shutdown_sends_a_final_message(server_factory, worker_class):
+@PROTOCOLS
+def test_shutdown_ends_the_socket_and_resuming_after_a_restart_loses_nothing(
+        server_factory, worker_class, protocol):
     server = server_factory(worker_class=worker_class, env=QUICK)
-    with subscribe(server) as client:
-        put(server.url, "k", 1)
-        event = client.message()
+    params = {"patterns": "k.*"}
+    with subscribe(server, params, protocol=protocol) as client:
+        put(server.url, "k.1", 1)
+        [sent] = [client.message()]
+        put(server.url, "other", 2)  # not for this client: it resumes after k.1
         server.send(signal.SIGTERM)
-        assert client.message() == {"type": "shutdown", "last_id": event["id"]}
-        assert client.close_code() == GOING_AWAY
+        assert until_end(client, "shutdown") == ([], sent["id"])
     assert server.process.wait(30) == 0
 
+    server.start()
+    put(server.url, "k.3", 3)
+    with subscribe(server, {**params, "last_event_id": sent["id"]}, protocol=protocol) as resumed:
+        put(server.url, "k.4", 4)
+        assert resumed.keys(2) == ["k.3", "k.4"]
 
-@WORKERS
-def test_stream_lifetime_ends_the_socket(server_factory, worker_class):
-    server = server_factory(worker_class=worker_class,
-                            env={**QUICK, "MEMORY_STREAM_MAX_SECONDS": "1"})
-    put(server.url, "k", 1)
-    head = event_id(server, "k")
-    with WSClient(server) as client:
-        assert client.message(timeout=10) == {"type": "lifetime", "last_id": head}
-        assert client.close_code() == NORMAL_CLOSURE
-    assert disconnects(server, "lifetime") == 1
-    assert ws_subscribers(server) == 0
+
+def test_lifetime_ends_protocol_streams_and_never_a_plain_one(server_factory):
+    """Two protocol streams end by lifetime one after the other, the first opened after the
+    plain stream: by the second's end the plain one is past any lifetime it could have had."""
+    server = server_factory(env={**QUICK, "MEMORY_STREAM_MAX_SECONDS": "0.5"})
+    put(server.url, "k.1", 1)
+    head = event_id(server, "k.1")
+    with subscribe(server) as plain:
+        for _ in range(2):
+            with WSClient(server, protocol=True) as timed:
+                assert until_end(timed, "lifetime") == ([], head)
+        wait_until(lambda: ws_subscribers(server) == 1, message="the protocol streams to end")
+        put(server.url, "k.2", 2)
+        assert plain.keys(1) == ["k.2"]  # its first frame: no control message, no close
+    assert disconnects(server, "lifetime") == 2

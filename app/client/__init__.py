@@ -3,11 +3,13 @@
 It needs ``requests`` and nothing of the server (``app.wire`` is plain constants), so
 importing it loads no web framework, no gevent and no metrics.
 """
-from .client import (ApiError, Backoff, BadRequest, ConnectionFailed, MemoryClient,
-                     MemoryClientError, NotFound, StreamStatus, Subscription, Unauthorized,
-                     Unavailable)
+from .client import MemoryClient
+from .errors import (ApiError, BadRequest, ConnectionFailed, Forbidden, MemoryClientError,
+                     NotFound, Unauthorized, Unavailable, VersionConflict)
 from .sse import SseFrame, SseParser
+from .stream import Backoff, StreamStatus, Subscription
+from .watch import Watch
 
-__all__ = ["ApiError", "Backoff", "BadRequest", "ConnectionFailed", "MemoryClient",
+__all__ = ["ApiError", "Backoff", "BadRequest", "ConnectionFailed", "Forbidden", "MemoryClient",
            "MemoryClientError", "NotFound", "SseFrame", "SseParser", "StreamStatus",
-           "Subscription", "Unauthorized", "Unavailable"]
+           "Subscription", "Unauthorized", "Unavailable", "VersionConflict", "Watch"]

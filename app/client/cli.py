@@ -12,15 +12,17 @@ from typing import Any, Callable
 import click
 
 from ..wire import SCOPES
-from .client import MemoryClient, MemoryClientError, StreamStatus
+from .client import MemoryClient
+from .errors import MemoryClientError
+from .stream import StreamStatus
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 MIN_VALUE_WIDTH = 20
 # Used when the output is not a terminal: wide enough for a log file, still one line.
 PIPE_COLUMNS = 160
 
-events_cli = click.Group("events", help="Talk to a running memory-events server: tail its "
-                                        "changes, set, get, delete and list keys.")
+events_cli = click.Group("events", help="Talk to a running memory-events server: tail or watch "
+                                        "its changes, set, get, delete and list keys.")
 
 
 def _with_client(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -143,6 +145,50 @@ def tail(client: MemoryClient, patterns: tuple[str, ...], scope: str | None,
         pass  # Ctrl-C is how a tail ends: no traceback, exit code 0
 
 
+#: move to the top left and clear the screen: the state is drawn again in place
+REDRAW = "\x1b[H\x1b[J"
+
+
+def state_lines(state: dict, columns: int | None) -> list[str]:
+    """One line per key, sorted, with its value cut to fit ``columns`` (``None``: whole)."""
+    lines = []
+    for key in sorted(state, key=str):
+        name = key if isinstance(key, str) else "/".join(key)
+        name = name if name.isprintable() else _compact(name)
+        value = _compact(state[key])
+        if columns is not None:
+            value = _shorten(value, max(MIN_VALUE_WIDTH, columns - len(name) - 2))
+        lines.append(f"{name}  {value}")
+    return lines
+
+
+@events_cli.command("watch")
+@click.option("--patterns", "-p", multiple=True,
+              help="Key globs, comma-separated or repeated, e.g. 'user.*'.")
+@_scope_options()
+@_with_client
+def watch(client: MemoryClient, patterns: tuple[str, ...], scope: str | None,
+          scope_id: str | None) -> None:
+    """Show the current value of every matching key, kept up to date, until Ctrl-C.
+
+    On a terminal the screen is redrawn in place at each change; into a pipe, each new state
+    is printed as one line of JSON.
+    """
+    terminal = sys.stdout.isatty()
+    try:
+        with client.watch(list(patterns), scope, scope_id, on_status=_say_status) as states:
+            for state in states:
+                if terminal:
+                    columns = shutil.get_terminal_size().columns
+                    lines = state_lines(state, columns) or ["(no keys yet)"]
+                    click.echo(REDRAW + "\n".join(lines), nl=True)
+                else:
+                    click.echo(_compact({key if isinstance(key, str) else "/".join(key): value
+                                         for key, value in state.items()}))
+    except KeyboardInterrupt:
+        pass
+
+
 def _json_argument(text: str) -> Any:
     source = sys.stdin.read() if text == "-" else text
     try:
@@ -177,7 +223,7 @@ def get_key(client: MemoryClient, key: str, scope: str | None, scope_id: str | N
 @_scope_options()
 @_with_client
 def delete_key(client: MemoryClient, key: str, scope: str | None, scope_id: str | None) -> None:
-    """Remove KEY; exit code 1 when there is none."""
+    """Remove KEY (a key that is not there is no error)."""
     client.delete(key, scope, scope_id)
 
 

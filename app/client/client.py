@@ -8,152 +8,27 @@ resumes by itself.
     memory.get("user.1")                       # {'name': 'Ada'}
     for event in memory.subscribe("user.*"):   # every change, as it happens, none lost
         print(event["key"], event["data"])
-
-It depends only on ``requests`` (and the ``urllib3`` under it), so it can be copied into a
-project that does not install the server.
+    for state in memory.watch("user.*", scope="global"):   # the current values, kept exact
+        print(state)
 """
 from __future__ import annotations
 
 import functools
-import json
-import random
-import re
-import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable, Generator, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 from urllib.parse import urlsplit
 
 import requests
-import urllib3
 
 from ..wire import API_PREFIX
-from .sse import frames
+from .errors import ApiError, ConnectionFailed, NotFound, api_error, reason
+from .stream import Backoff, StreamStatus, Subscription, _Stream
+from .watch import Watch
 
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_IDLE_TIMEOUT = 60.0
-
-
-# -- errors -----------------------------------------------------------------------------------
-class MemoryClientError(Exception):
-    """Base of every error this client raises, so one ``except`` covers them all."""
-
-
-class ConnectionFailed(MemoryClientError):
-    """The server could not be reached, or did not answer in time."""
-
-
-class ApiError(MemoryClientError):
-    """The server answered with an error: its HTTP status, error code and message."""
-
-    def __init__(self, status: int, error: str, message: str) -> None:
-        super().__init__(f"{error}: {message} (HTTP {status})")
-        self.status = status
-        self.error = error
-        self.message = message
-
-    @property
-    def retryable(self) -> bool:
-        """A state the server expects to pass (overload, restart), not a mistake in the call."""
-        return self.status >= 500 or self.status in (408, 429)
-
-
-class BadRequest(ApiError):
-    """400: the call itself is wrong (a malformed pattern, a missing scope…)."""
-
-
-class Unauthorized(ApiError):
-    """401: the server wants an API key and got none, or a wrong one."""
-
-
-class NotFound(ApiError):
-    """404: no memory under that key (or the URL is not this service)."""
-
-
-class Unavailable(ApiError):
-    """503: the server is up but cannot serve right now; retrying later may work."""
-
-
-_ERROR_TYPES: dict[int, type[ApiError]] = {
-    400: BadRequest, 401: Unauthorized, 404: NotFound, 503: Unavailable}
-
-
-def _api_error(response: requests.Response) -> ApiError:
-    """The server's ``{"error", "message"}`` body, or the status alone when a proxy answered."""
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if isinstance(body, dict) and isinstance(body.get("error"), str):
-        error, message = body["error"], str(body.get("message", ""))
-    else:
-        error, message = f"http_{response.status_code}", (response.text.strip()[:200]
-                                                          or response.reason or "")
-    return _ERROR_TYPES.get(response.status_code, ApiError)(response.status_code, error, message)
-
-
-def _reason(exc: Exception) -> str:
-    """The operating system's words ("Connection refused") rather than urllib3's nesting."""
-    if isinstance(exc, (requests.Timeout, urllib3.exceptions.TimeoutError)):
-        return "timed out"
-    found = re.search(r"\[Errno -?\d+\] ([^'\")]+)", str(exc))
-    if found:
-        return found.group(1).strip()
-    return str(exc.args[0]) if exc.args else type(exc).__name__
-
-
-# -- reconnecting ---------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Backoff:
-    """Exponential backoff with full jitter and a cap.
-
-    Full jitter (a uniform delay between zero and the exponential bound) spreads out the
-    clients a server restart cut off all at once, so they do not come back in step.
-    """
-    base: float = 0.5
-    cap: float = 30.0
-
-    def delay(self, attempt: int) -> float:
-        return random.uniform(0.0, min(self.cap, self.base * 2.0 ** min(attempt, 32)))
-
-
-@dataclass(frozen=True)
-class StreamStatus:
-    """What ``subscribe(on_status=…)`` reports about the connection behind the events.
-
-    ``state`` is ``"disconnected"`` (``reason`` says why; the next attempt is ``retry_in``
-    seconds away) or ``"reconnected"``. ``last_event_id`` is where the stream resumes.
-    """
-    state: str
-    reason: str
-    last_event_id: str
-    retry_in: float = 0.0
-
-
-DROPPED = (urllib3.exceptions.HTTPError, OSError)
-
-
-@dataclass(frozen=True)
-class _Ending:
-    """How one connection ended: why, where to resume, and whether it went well.
-
-    ``planned`` ends (``overflow``, ``shutdown``, ``lifetime``) carry the server's resume id.
-    A connection went ``well`` when it delivered something or lived its whole lifetime; one
-    that did neither (a stopping server that takes the connection and ends it at once) counts
-    as a failed attempt, so reconnecting backs off instead of spinning.
-    """
-    reason: str
-    well: bool
-    resume_after: str | None = None
-
-    @property
-    def planned(self) -> bool:
-        return self.resume_after is not None
-
-
-def _json_object(text: str) -> dict:
-    value = json.loads(text)
-    return value if isinstance(value, dict) else {}
+#: records fetched per request when ``list`` pages
+LIST_PAGE = 1000
 
 
 def _since(value: datetime | str | None) -> str | None:
@@ -179,124 +54,6 @@ def _scoped(key: str, scope: str | None, scope_id: str | None) -> dict[str, Any]
     return body
 
 
-class Subscription(Iterator[dict]):
-    """What ``MemoryClient.subscribe`` returns: the events of one subscription, across as many
-    connections as it takes. ``last_event_id`` is where it would resume (persist it to
-    resume after a restart of the caller).
-
-    The connection state lives apart from this wrapper, so the generator holds no reference
-    back to it: dropping the wrapper (leaving a ``for`` loop over ``subscribe()``) frees the
-    generator at once, and its clean-up closes the HTTP response.
-    """
-
-    def __init__(self, stream: "_Stream") -> None:
-        self._stream = stream
-        self._events = stream.follow()
-
-    @property
-    def last_event_id(self) -> str:
-        return self._stream.last_event_id
-
-    def __next__(self) -> dict:
-        return next(self._events)
-
-    def close(self) -> None:
-        """Close the HTTP response (also when iteration never started: a generator that never
-        ran cannot clean up after itself)."""
-        self._events.close()
-        self._stream.response.close()
-
-    def __enter__(self) -> "Subscription":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class _Stream:
-    """One subscription's connection, and the reconnecting that keeps it going."""
-
-    def __init__(self, open_stream: Callable[[str], requests.Response],
-                 last_event_id: str | None, backoff: Backoff,
-                 on_status: Callable[[StreamStatus], None] | None) -> None:
-        # ``None``: the log was empty when subscribing, so all it will ever hold is news.
-        self._from_empty_log = last_event_id is None
-        self.last_event_id = "0" if last_event_id is None else last_event_id
-        self._open_stream = open_stream
-        self._backoff = backoff
-        self._on_status = on_status
-        self._attempt = 0
-        self.response = open_stream(self.last_event_id)
-
-    def follow(self) -> Generator[dict, None, None]:
-        try:
-            while True:
-                ending = yield from self._deliver()
-                self.response.close()
-                self.last_event_id = ending.resume_after or self.last_event_id
-                self._attempt = 0 if ending.well else self._attempt + 1
-                self._reconnect(ending)
-        finally:
-            self.response.close()
-
-    def _deliver(self) -> Generator[dict, None, _Ending]:
-        """Yield one connection's events; return how it ended."""
-        seen = False
-        try:
-            for frame in frames(self.response):
-                if not frame.is_event:
-                    continue
-                if frame.event == "message":
-                    event = json.loads(frame.data)
-                    self.last_event_id = frame.id or str(event.get("id"))
-                    seen, self._from_empty_log = True, False
-                    yield event
-                elif frame.event == "reset":
-                    reset = _json_object(frame.data)
-                    if self._from_empty_log and "oldest_id" in reset:
-                        # Only what came before the subscription was trimmed: everything kept
-                        # came after it, so resume from the oldest kept and miss nothing.
-                        self._from_empty_log = False
-                        return _Ending("reset", True, str(int(reset["oldest_id"]) - 1))
-                    yield {"type": "reset", **reset}
-                else:
-                    ending = _json_object(frame.data)
-                    if "last_id" in ending:
-                        return _Ending(frame.event, seen or frame.event == "lifetime",
-                                       str(ending["last_id"]))
-        except DROPPED as exc:
-            return _Ending(f"connection lost ({_reason(exc)})", seen)
-        return _Ending("the server closed the stream", seen)
-
-    def _reconnect(self, ending: _Ending) -> None:
-        """Open the stream again after ``last_event_id``: at once after a planned end of a
-        good connection, else after a backoff that grows with each failed attempt."""
-        reason = ending.reason
-        delay = 0.0 if ending.planned and self._attempt == 0 else self._backoff.delay(
-            self._attempt)
-        while True:
-            self._report(StreamStatus("disconnected", reason, self.last_event_id, delay))
-            time.sleep(delay)
-            try:
-                self.response = self._open_stream(self.last_event_id)
-            except ConnectionFailed as exc:
-                reason = str(exc)
-            except ApiError as exc:
-                if not exc.retryable:
-                    raise
-                reason = str(exc)
-            else:
-                self._report(StreamStatus("reconnected", ending.reason, self.last_event_id))
-                return
-            self._attempt += 1
-            delay = self._backoff.delay(self._attempt)
-
-    def _report(self, status: StreamStatus) -> None:
-        if self._on_status is not None:
-            self._on_status(status)
-
-
-# -- the client -----------------------------------------------------------------------------
 class MemoryClient:
     """Calls to one server over one ``requests.Session`` (so connections are reused).
 
@@ -328,11 +85,20 @@ class MemoryClient:
         self.close()
 
     # -- memory ---------------------------------------------------------------------------
-    def set(self, key: str, data: Any, scope: str | None = None,
-            scope_id: str | None = None) -> dict:
-        """Store ``data`` (any JSON value, ``None`` included); returns the stored record."""
-        return self._call("POST", "/memory/set", json={**_scoped(key, scope, scope_id),
-                                                       "data": data})
+    def set(self, key: str, data: Any, scope: str | None = None, scope_id: str | None = None,
+            *, if_version: str | int | None = None, ttl_seconds: float | None = None) -> dict:
+        """Store ``data`` (any JSON value, ``None`` included); returns the stored record.
+
+        ``if_version`` writes only if the record's ``version`` is still that one (``"0"``:
+        only if there is no record), else raises ``VersionConflict`` with ``.current``.
+        ``ttl_seconds`` makes the record vanish that long after this write.
+        """
+        body = {**_scoped(key, scope, scope_id), "data": data}
+        if if_version is not None:
+            body["if_version"] = str(if_version)
+        if ttl_seconds is not None:
+            body["ttl_seconds"] = ttl_seconds
+        return self._call("POST", "/memory/set", json=body)
 
     def record(self, key: str, scope: str | None = None, scope_id: str | None = None) -> dict:
         """The whole record (``data``, ``scope``, ``scope_id``, times); ``NotFound`` if absent."""
@@ -349,14 +115,33 @@ class MemoryClient:
         except NotFound:
             return default
 
-    def delete(self, key: str, scope: str | None = None, scope_id: str | None = None) -> None:
-        """Remove ``key``. A key that is not there raises ``NotFound``: deleting what does not
-        exist usually means a wrong key or scope, which a caller wants to hear about."""
-        self._call("POST", "/memory/delete", json=_scoped(key, scope, scope_id))
+    def delete(self, key: str, scope: str | None = None, scope_id: str | None = None, *,
+               if_version: str | int | None = None) -> None:
+        """Remove ``key``; a key that is not there is no error (the server answers 204 either
+        way, as the control plane does). ``if_version`` as for ``set``."""
+        body = _scoped(key, scope, scope_id)
+        if if_version is not None:
+            body["if_version"] = str(if_version)
+        self._call("POST", "/memory/delete", json=body)
 
-    def list(self, scope: str, scope_id: str | None = None) -> list[dict]:
-        """Every record in ``scope`` (of one ``scope_id``, or of all when it is omitted)."""
-        return self._call("GET", "/memory/list", params=_filters(None, scope, scope_id))
+    def list(self, scope: str, scope_id: str | None = None,
+             prefix: str | None = None) -> list[dict]:
+        """Every record in ``scope`` (of one ``scope_id``, or of all when it is omitted) whose
+        key starts with ``prefix``, fetched page by page."""
+        return [record for page in self.pages(scope, scope_id, prefix) for record in page]
+
+    def pages(self, scope: str, scope_id: str | None = None, prefix: str | None = None,
+              limit: int = LIST_PAGE) -> Iterator[list[dict]]:
+        """``list`` one page at a time, each request costing only its own page."""
+        params: dict[str, str] = {**_filters(None, scope, scope_id), "limit": str(limit)}
+        if prefix is not None:
+            params["prefix"] = prefix
+        url: str | None = self.base_url + API_PREFIX + "/memory/list"
+        while url is not None:
+            with self._request("GET", url, params=params) as response:
+                yield response.json()
+                url = response.links.get("next", {}).get("url")
+            params = {}
 
     def history(self, patterns: str | Iterable[str] | None = None, scope: str | None = None,
                 scope_id: str | None = None, since: datetime | str | None = None,
@@ -398,7 +183,27 @@ class MemoryClient:
         query = _filters(patterns, scope, scope_id)
         start = str(last_event_id) if last_event_id is not None else self._head_id()
         return Subscription(_Stream(functools.partial(self._open_stream, query, idle_timeout),
-                                    start, backoff, on_status))
+                                    start or "0", backoff, on_status, from_empty_log=not start))
+
+    def watch(self, patterns: str | Iterable[str] | None = None, scope: str | None = None,
+              scope_id: str | None = None, *, backoff: Backoff = Backoff(),
+              idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+              on_status: Callable[[StreamStatus], None] | None = None) -> Watch:
+        """A live copy of the records passing the filters: iterate to get the current values
+        by key each time they change, starting with the snapshot.
+
+            for state in memory.watch("user.*", scope="global"):
+                print(state)                  # {"user.1": {...}, "user.2": {...}}
+
+        The stream opens with ``snapshot=1``: the current records, then every change after
+        the position they reflect, resumed across drops, restarts and lifetimes without loss;
+        when resuming is impossible the server sends a fresh snapshot, which replaces the
+        state. Stop by leaving the loop or calling ``close()``.
+        """
+        query = {**_filters(patterns, scope, scope_id), "snapshot": "1"}
+        stream = _Stream(functools.partial(self._open_stream, query, idle_timeout), None,
+                         backoff, on_status)
+        return Watch(stream, scope == "global" or (scope is not None and scope_id is not None))
 
     def _head_id(self) -> str | None:
         """The newest id in the log, so that even a connection dropped before the first event
@@ -407,8 +212,10 @@ class MemoryClient:
         return str(newest[-1]["id"]) if newest else None
 
     def _open_stream(self, query: dict[str, str], idle_timeout: float,
-                     cursor: str) -> requests.Response:
-        headers = {"Accept": "text/event-stream", "Last-Event-ID": cursor}
+                     cursor: str | None) -> requests.Response:
+        headers = {"Accept": "text/event-stream"}
+        if cursor is not None:
+            headers["Last-Event-ID"] = cursor
         return self._request("GET", "/memory/events/sse", params=query, headers=headers,
                              stream=True, timeout=(self.timeout, idle_timeout))
 
@@ -427,13 +234,14 @@ class MemoryClient:
 
     def _request(self, method: str, path: str, *, timeout: Any = None,
                  **kwargs: Any) -> requests.Response:
-        url = self.base_url + API_PREFIX + path
+        """``path`` under the API, or a whole URL the server gave (a ``Link``)."""
+        url = path if "://" in path else self.base_url + API_PREFIX + path
         try:
             response = self.session.request(method, url, timeout=timeout or self.timeout,
                                             **kwargs)
         except (requests.ConnectionError, requests.Timeout) as exc:
-            raise ConnectionFailed(f"cannot reach {self.base_url}: {_reason(exc)}") from exc
+            raise ConnectionFailed(f"cannot reach {self.base_url}: {reason(exc)}") from exc
         if response.status_code >= 400:
             with response:
-                raise _api_error(response)
+                raise api_error(response)
         return response

@@ -231,8 +231,21 @@ class SqlStore:
                 break
         return found
 
+    def _precheck(self, scope: str, scope_id: str, key: str, if_version: int | None) -> None:
+        """Refuse a conditional write that cannot succeed without taking the write lock.
+
+        Versions only grow, so a record read with another version will never have the one
+        asked for again; only ``"0"`` (absent) can come back, by a delete, so that case is
+        left to the check under the lock. A refusal here is true of the moment of the read.
+        """
+        if if_version:
+            current = self.get(scope, scope_id, key)
+            if current is None or current.version != if_version:
+                raise VersionConflict(current)
+
     def set(self, scope: str, scope_id: str, key: str, data: str, author: Author,
             if_version: int | None = None, ttl_seconds: float | None = None) -> Record:
+        self._precheck(scope, scope_id, key, if_version)
         with self._write() as cur:
             moment = now()
             old = self._current(cur, scope, scope_id, key, moment)
@@ -255,6 +268,7 @@ class SqlStore:
 
     def delete(self, scope: str, scope_id: str, key: str, author: Author,
                if_version: int | None = None) -> Record | None:
+        self._precheck(scope, scope_id, key, if_version)
         with self._write() as cur:
             moment = now()
             old = self._current(cur, scope, scope_id, key, moment)

@@ -11,10 +11,7 @@ export function eventItem(template, event) {
   part(".badge").textContent = event.action;
   part(".event__key").textContent = event.key;
   part(".event__scope").textContent = `${event.scope}/${event.scope_id}`;
-  const time = part(".event__time");
-  time.dateTime = event.timestamp;
-  time.title = event.timestamp;
-  time.textContent = clock(event.timestamp);
+  setTime(part(".event__time"), event.timestamp);
   part(".event__id").textContent = `#${event.id}`;
   if (event.action === "delete") {
     absent(part(".value__new"), "deleted");
@@ -29,16 +26,47 @@ export function eventItem(template, event) {
   return item;
 }
 
-/** A row of the current-values table. */
-export function recordRow(record) {
+/** Where the feed lost changes: events below it came before a gap the server could not fill. */
+export function gapItem(text) {
+  const item = document.createElement("li");
+  item.className = "gap";
+  item.setAttribute("role", "separator");
+  item.textContent = text;
+  return item;
+}
+
+/** An empty row of the state table, to be filled (and refilled in place) by fillRecordRow. */
+export function recordRow() {
   const row = document.createElement("tr");
-  const cells = [[record.key, "code"], [`${record.scope}/${record.scope_id}`],
-                 [JSON.stringify(record.data), "code"], [clock(record.updated_at)]];
-  for (const [text, tag] of cells) {
+  row.className = "record";
+  row.setAttribute("role", "row");
+  const key = row.appendChild(document.createElement("th"));
+  key.scope = "row";
+  key.setAttribute("role", "rowheader");
+  key.className = "record__key";
+  key.appendChild(document.createElement("code"));
+  for (const [name, child] of [["scope"], ["value", "code"], ["updated", "time"]]) {
     const cell = row.appendChild(document.createElement("td"));
-    (tag ? cell.appendChild(document.createElement(tag)) : cell).textContent = text;
+    cell.className = `record__${name}`;
+    cell.setAttribute("role", "cell");
+    if (child) cell.appendChild(document.createElement(child));
   }
   return row;
+}
+
+/** Show ``record`` in ``row``: key, scope, value (one line of JSON) and when it changed. */
+export function fillRecordRow(row, record) {
+  const part = (selector) => row.querySelector(selector);
+  row.dataset.key = record.key;
+  row.dataset.scope = record.scope;
+  row.dataset.scopeId = record.scope_id;
+  row.dataset.version = record.version;
+  part(".record__key code").textContent = record.key;
+  part(".record__scope").textContent = `${record.scope}/${record.scope_id}`;
+  part(".record__value code").textContent = JSON.stringify(record.data);
+  const time = part(".record__updated time");
+  setTime(time, record.updated_at);
+  time.title = `${record.updated_at}, version ${record.version}`;
 }
 
 /** Local time to the millisecond, with the date when it is not today. */
@@ -49,6 +77,12 @@ export function clock(timestamp) {
     `.${String(moment.getMilliseconds()).padStart(3, "0")}`;
   const today = moment.toDateString() === new Date().toDateString();
   return today ? time : `${moment.toLocaleDateString()} ${time}`;
+}
+
+function setTime(element, timestamp) {
+  element.dateTime = timestamp;
+  element.title = timestamp;
+  element.textContent = clock(timestamp);
 }
 
 function absent(element, text) {
