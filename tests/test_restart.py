@@ -4,8 +4,9 @@ from __future__ import annotations
 import signal
 
 from .api import history_ids, put
-from .conftest import wait_until
+from .conftest import every_store, wait_until
 from .sse import SSEClient
+from .test_shutdown import workers
 
 SSE = "/api/v1/memory/events/sse"
 
@@ -19,6 +20,7 @@ def _drain_ids(stream: SSEClient) -> list[int]:
     return ids
 
 
+@every_store
 def test_crash_then_restart_resumes_from_the_last_id(server_factory):
     server = server_factory()
     writer = server_factory()  # a second server on the same database keeps taking writes
@@ -40,12 +42,15 @@ def test_crash_then_restart_resumes_from_the_last_id(server_factory):
 
 def test_sighup_recycles_workers_and_clients_resume(server_factory):
     server = server_factory()
+    [old] = workers(server)
     with SSEClient(server.url + SSE) as stream:
         stream.next()
         put(server.url, "one", 1)
         received = [int(e["id"]) for e in stream.events(1)]
         server.send(signal.SIGHUP)
         received += _drain_ids(stream)  # the old worker ends its streams on its way out
+    # Until it exits, the old worker may still accept a stream, which it would end at once.
+    wait_until(lambda: old not in workers(server), message="the old worker to exit")
     put(server.url, "two", 2)
     with SSEClient(server.url + SSE, headers={"Last-Event-ID": str(received[-1])}) as resumed:
         received += [int(e["id"]) for e in resumed.events(1)]
@@ -62,5 +67,8 @@ def test_stream_ends_by_itself_after_its_lifetime_and_resumes(server_factory):
         end = stream.next_event(timeout=5)
         assert end.event == "lifetime" and end.json == {"last_id": "1"}
         assert stream.next(timeout=5) is None
+        put(server.url, "after", 2)
+    with SSEClient(server.url + SSE, headers={"Last-Event-ID": end.json["last_id"]}) as resumed:
+        assert [event["key"] for event in resumed.events(1)] == ["after"]
     wait_until(lambda: server.metric("memory_events_disconnects_total", reason="lifetime") == 1,
                message="the lifetime disconnect to be counted")

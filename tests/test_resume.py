@@ -3,10 +3,16 @@ once, in order; one that asks for a snapshot gets the current records, then ever
 them; either way it ends up with the exact state."""
 from __future__ import annotations
 
+import contextlib
+import json
 import threading
+from typing import Callable, Iterator
 
 import pytest
 import requests
+
+from app.core.records import Author
+from app.store import open_store
 
 from .api import history_ids, put
 from .conftest import Server, every_store, wait_until
@@ -168,48 +174,78 @@ def delete(server: Server, key: str, **scope: str) -> None:
     assert response.status_code == 204, response.text
 
 
-@TRANSPORTS
-def test_snapshot_sends_matching_records_then_only_the_changes_after_them(server, transport):
-    """Taken while a writer is busy: the records reflect position N, the events that follow
-    are exactly the matching ones after N, and together they give the exact state."""
-    s1 = {"scope": "session", "scope_id": "s1"}
-    kept = put(server.url, "s.kept", "never changes", **s1)
-    for i in range(5):
-        put(server.url, f"s.{i}", 0, **s1)
-    put(server.url, "s.0", "other scope id", scope="session", scope_id="s2")
-    put(server.url, "t.0", "other key", **s1)
-    delete(server, "s.4", **s1)
-    written = []
+def seed(db_url: str, scope: str, scope_id: str, keys: list[str]) -> None:
+    """Write records straight into the store before a server runs: thousands in a blink."""
+    store = open_store(db_url)
+    try:
+        for key in keys:
+            store.set(scope, scope_id, key, json.dumps("seeded"), Author())
+    finally:
+        store.close()
+
+
+@contextlib.contextmanager
+def busy_writer(server: Server, keys: list[str], **scope: str) -> Iterator[Callable[[], None]]:
+    """Sets and deletes spread over ``keys`` in ``scope`` (and sets in another scope id) until
+    the function it gives is called, or the block ends; the block starts once writes flow."""
+    stopping, written = threading.Event(), []
 
     def write() -> None:
         with requests.Session() as session:
-            for n in range(1, 41):
-                written.append(put(server.url, f"s.{n % 5}", n, session=session, **s1))
-                if n % 10 == 0:
-                    delete(server, f"s.{n % 7}", **s1)
+            while not stopping.is_set():
+                n = len(written)
+                key = keys[n * 7919 % len(keys)]
+                if n % 10 == 9:
+                    delete(server, key, **scope)
+                else:
+                    put(server.url, key, n, session=session,
+                        **(scope if n % 5 else {**scope, "scope_id": "elsewhere"}))
+                written.append(key)
+
+    def stop() -> None:
+        stopping.set()
+        writer.join()
 
     writer = threading.Thread(target=write)
     writer.start()
     try:
         wait_until(lambda: len(written) >= 5, message="the writer to be busy")
-        with open_stream(server, transport, {**s1, "patterns": "s.*", "snapshot": "1"}) as stream:
+        yield stop
+    finally:
+        stop()
+
+
+@TRANSPORTS
+def test_snapshot_sends_matching_records_then_only_the_changes_after_them(server_factory,
+                                                                          db_url, transport):
+    """Snapshots of several pages, taken while another server writes to the same database:
+    each has the records as of a position N, the events that follow are exactly the matching
+    ones after N, and together they give the exact state."""
+    s1 = {"scope": "session", "scope_id": "s1"}
+    keys = [f"s.{i:04}" for i in range(1200)]
+    seed(db_url, "session", "s1", keys + ["t.other"])
+    server, writer = server_factory(env=QUICK), server_factory(env=QUICK)
+    for _ in range(3):
+        with busy_writer(writer, keys, **s1) as stop_writing, \
+                open_stream(server, transport, {**s1, "patterns": "s.*", "snapshot": "1"}) as stream:
             records, position = read_snapshot(stream)
-            writer.join()
+            stop_writing()
             after = [i for i in history_ids(server.url, patterns="s.*", **s1) if i > position]
             events = [stream.next() for _ in after]
-    finally:
-        writer.join()
-    assert kept in records
-    assert all(int(record["version"]) <= position for record in records)
-    assert [(kind, int(event["id"])) for kind, event in events] == [("event", i) for i in after]
-    state = {record["key"]: record["data"] for record in records}
-    for _, event in events:
-        if event["action"] == "set":
-            state[event["key"]] = event["data"]
-        else:
+        assert all(int(record["version"]) <= position for record in records)
+        assert [(kind, int(event["id"])) for kind, event in events] == \
+            [("event", i) for i in after]
+        state = {record["key"]: record["data"] for record in records}
+        for _, event in events:
             state.pop(event["key"], None)
-    assert state == {record["key"]: record["data"]
-                     for record in listing(server, prefix="s.", **s1)}
+            if event["action"] == "set":
+                state[event["key"]] = event["data"]
+        current = {record["key"]: record for record in listing(server, prefix="s.", **s1)}
+        assert state == {key: record["data"] for key, record in current.items()}
+        # a record no later event touched was sent exactly as a listing has it
+        touched = {event["key"] for _, event in events}
+        untouched = [record for record in records if record["key"] not in touched]
+        assert untouched == [current[record["key"]] for record in untouched]
 
 
 @TRANSPORTS

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import requests
 import websocket
 from flask.testing import FlaskClient
 from websocket import ABNF
@@ -37,9 +38,11 @@ EVENT_FIELDS = {"id", "type", "timestamp", "scope", "scope_id", "key", "action",
 
 
 def send(client: FlaskClient, method: str, path: str, body: bytes | None,
-         headers: dict[str, str]):
-    """One request as the SDK writes it: these exact body bytes and headers."""
-    return client.open(path, method=method, data=body, headers=headers)
+         headers: dict[str, str], follow_redirects: bool = False):
+    """One request as the SDK writes it: these exact body bytes and headers. (Go's http.Client
+    follows redirects, 307/308 with the same method; axios in Node too.)"""
+    return client.open(path, method=method, data=body, headers=headers,
+                       follow_redirects=follow_redirects)
 
 
 def js(value: Any) -> bytes:
@@ -156,7 +159,7 @@ def test_ts_set_get_delete_list(ts):
 def test_ts_walk_needs_404_for_an_explicit_scope_without_its_id(ts):
     for scope in ("workflow", "session", "actor"):
         headers = ts_headers()
-        del headers[TS_HEADER[scope]] if TS_HEADER[scope] in headers else None
+        headers.pop(TS_HEADER[scope], None)
         response = send(ts, "POST", API + "/get", js({"key": "k", "scope": scope}), headers)
         assert response.status_code == 404, (scope, response.get_data(as_text=True))
         assert error_of(response)["error"] == "not_found"
@@ -247,15 +250,18 @@ def go(app_factory) -> FlaskClient:
     return app_factory(MEMORY_API_KEY=GO_TOKEN).test_client()
 
 
-def go_record(response) -> dict:
-    """``memoryAPIResponse``: string key/scope/scope_id/created_at/updated_at (null would do),
-    and ``data``."""
-    assert response.status_code == 200, response.get_data(as_text=True)
-    record = response.get_json()
+def go_fields(record: Any) -> dict:
+    """What ``memoryAPIResponse`` decodes: string key/scope/scope_id/created_at/updated_at
+    (null would do; a number would fail the whole decode), and ``data``."""
     assert isinstance(record, dict) and "data" in record, record
     for field in ("key", "scope", "scope_id", "created_at", "updated_at"):
         assert isinstance(record.get(field), (str, type(None))), (field, record)
     return record
+
+
+def go_record(response) -> dict:
+    assert response.status_code == 200, response.get_data(as_text=True)
+    return go_fields(response.get_json())
 
 
 def test_go_bearer_token(go):
@@ -297,8 +303,7 @@ def test_go_memory(go):
     response = send(go, "GET", API + "/list?scope=global", None, go_headers("global"))
     assert response.status_code == 200 and isinstance(response.get_json(), list)
     for item in response.get_json():
-        go_record(type("R", (), {"status_code": 200, "get_json": lambda s, i=item: i,
-                                 "get_data": lambda s, as_text=True: ""})())
+        go_fields(item)
     assert [item["key"] for item in response.get_json()] == ["g"]
 
     # G3: Delete: 204 (404 would do too), also when nothing is there
@@ -393,6 +398,48 @@ def test_go_vectors(go):
                 go_headers("session")).status_code == 200
 
 
+#: keys as Go's url.PathEscape writes them into GetVector's and DeleteVector's path
+GO_PATH_KEYS = {"a/b c": "a%2Fb%20c", "/leading": "%2Fleading", "a//b": "a%2F%2Fb",
+                "trailing/": "trailing%2F", "line\nbreak": "line%0Abreak", "100%": "100%25",
+                "?q#f": "%3Fq%23f", "\U0001F600": "%F0%9F%98%80", "x=1&y": "x=1&y"}
+
+
+@pytest.mark.parametrize("key", GO_PATH_KEYS, ids=[repr(k) for k in GO_PATH_KEYS])
+def test_go_vector_path_reaches_its_own_vector(go, key):
+    """GetVector and DeleteVector put the key in the path; whatever the key, that path must
+    reach that vector, and never, through a redirect the Go client follows, another one."""
+    neighbour = key.strip("/").replace("//", "/").replace("\n", "") or "x"
+    for number, name in enumerate([key, neighbour] if neighbour != key else [key]):
+        body = json.dumps({"embedding": [1, number], "key": name, "metadata": {"n": number},
+                           "scope": "session"}, separators=(",", ":"), sort_keys=True).encode()
+        assert send(go, "POST", API + "/vector", body, go_headers("session")).status_code == 200
+    path = f"{API}/vector/{GO_PATH_KEYS[key]}?scope=session"
+    problems = []
+
+    def where(response) -> str:
+        return (f"{response.status_code} {response.get_data(as_text=True)[:120]!r}"
+                + (f", redirected to {[r.request.path for r in response.history]}"
+                   if response.history else ""))
+
+    response = send(go, "GET", path, None, go_headers("session"), follow_redirects=True)
+    if response.status_code != 200 or response.get_json().get("key") != key:
+        problems.append(f"GetVector: GET {path} -> {where(response)}")
+    else:
+        assert go_vector(response) == ([1.0, 0.0], {"n": 0})
+    response = send(go, "DELETE", path, None, go_headers("session"), follow_redirects=True)
+    if response.status_code != 204 or response.history:
+        problems.append(f"DeleteVector: DELETE {path} -> {where(response)}")
+    response = send(go, "POST", API + "/vector/search", b'{"filters":null,"query_embedding":'
+                    b'[1,0],"scope":"session","threshold":0,"top_k":1000}', go_headers("session"))
+    left = {hit["key"] for hit in response.get_json()}
+    if key in left:
+        problems.append(f"after DeleteVector({key!r}) the vector is still there "
+                        f"(and Go took the answer for success)")
+    if neighbour != key and neighbour not in left:
+        problems.append(f"after DeleteVector({key!r}) the vector {neighbour!r} is gone")
+    assert not problems, "\n".join(problems)
+
+
 # ------------------------------------------------------------------------------------------------
 # T10: the TypeScript WebSocket (ws): headers only, no query, no subprotocol; real server
 
@@ -445,7 +492,6 @@ class PlainSocket:
 
 
 def test_ts_websocket_gets_only_event_frames(server_factory):
-    import requests
     server = server_factory(env={"MEMORY_API_KEY": TS_KEY, "MEMORY_HEARTBEAT_SECONDS": "0.5"})
     sockets = [PlainSocket(server, {"X-API-Key": TS_KEY, "X-Custom": "c"}),
                PlainSocket(server, {"Authorization": f"Bearer {TS_KEY}"})]
@@ -455,45 +501,51 @@ def test_ts_websocket_gets_only_event_frames(server_factory):
                message="both sockets subscribed")
     http = requests.Session()
 
-    def request(method: str, path: str, body: bytes | None, headers: dict[str, str]):
-        return http.request(method, server.url + path, data=body, headers=headers, timeout=10)
+    def request(method: str, path: str, body: bytes | None, headers: dict[str, str]
+                ) -> tuple[int, Any]:
+        """Status and JSON body; the response is closed, so that ``http.close()`` below leaves
+        no idle keep-alive connection, which would hold gunicorn's worker on SIGTERM for its
+        whole keep-alive time."""
+        with http.request(method, server.url + path, data=body, headers=headers,
+                          timeout=10) as response:
+            return response.status_code, response.json() if response.content else None
 
     # Changes, and around them requests that change nothing: none of those may send a frame.
     expected = []
     for key, data in [("task", {"step": 1}), ("task", {"step": 2})]:
         assert request("POST", API + "/set", js({"key": key, "data": data, "scope": "workflow"}),
-                       ts_headers("workflow")).status_code == 200
+                       ts_headers("workflow"))[0] == 200
         expected.append((key, "set"))
     # Go's vector calls through gunicorn: the path-escaped key arrives as "a/b c"
     vector = f"{API}/vector/{ESCAPED}?scope=session"
     go_auth = go_headers("session", token=TS_KEY)
     assert request("POST", API + "/vector", b'{"embedding":[1,0],"key":"a/b c",'
-                   b'"metadata":null,"scope":"session"}', go_auth).status_code == 200
-    response = request("GET", vector, None, go_auth)
-    assert response.status_code == 200 and response.json()["key"] == "a/b c", response.text
-    assert response.json()["embedding"] == [1.0, 0.0]
-    assert request("DELETE", vector, None, go_auth).status_code == 204
-    assert request("GET", vector, None, go_auth).status_code == 404
+                   b'"metadata":null,"scope":"session"}', go_auth)[0] == 200
+    status, found = request("GET", vector, None, go_auth)
+    assert status == 200 and found["key"] == "a/b c", found
+    assert found["embedding"] == [1.0, 0.0]
+    assert request("DELETE", vector, None, go_auth)[0] == 204
+    assert request("GET", vector, None, go_auth)[0] == 404
     assert request("POST", API + "/delete", js({"key": "never", "scope": "workflow"}),
-                   ts_headers("workflow")).status_code == 204
+                   ts_headers("workflow"))[0] == 204
     assert request("POST", API + "/set", js({"key": "task", "data": 0, "scope": "workflow",
-                                             "if_version": "0"}),
-                   ts_headers("workflow")).status_code == 409
-    assert request("POST", API + "/set", js({"key": "x"}), ts_headers()).status_code == 400
+                                             "if_version": "0"}), ts_headers("workflow"))[0] == 409
+    assert request("POST", API + "/set", js({"key": "x"}), ts_headers())[0] == 400
     assert request("POST", API + "/delete", js({"key": "task", "scope": "workflow"}),
-                   ts_headers("workflow")).status_code == 204
+                   ts_headers("workflow"))[0] == 204
     expected.append(("task", "delete"))
     assert request("POST", API + "/set", b'{"data":true,"key":"end","scope":"session"}',
-                   go_auth).status_code == 200
+                   go_auth)[0] == 200
     expected.append(("end", "set"))
 
-    log = request("GET", API + "/events/history?limit=1000", None, ts_headers(body=False)).json()
+    log = request("GET", API + "/events/history?limit=1000", None, ts_headers(body=False))[1]
     for plain in sockets:
         seen = plain.events_until("end")
         assert [(e["key"], e["action"]) for e in seen] == expected
         assert seen == log  # each frame is the logged event, exactly
 
     # SIGTERM: a plain client gets no final message, only the close: 1001 with the resume id
+    http.close()
     assert server.stop(signal.SIGTERM) == 0
     for plain in sockets:
         opcode, data = plain.frame()
@@ -506,18 +558,30 @@ def test_ts_websocket_gets_only_event_frames(server_factory):
 # ------------------------------------------------------------------------------------------------
 # bad vector input: 400 with a JSON error, never a 500
 
-MANY = ",".join(["0.5"] * 16001)
 #: (raw JSON text of the embedding, error codes allowed); NaN, Infinity and 1e400 are not JSON
-BAD_EMBEDDINGS = [
-    ("[]", {"invalid_{f}"}), ("[NaN]", {"invalid_json", "invalid_{f}"}),
-    ("[1, NaN]", {"invalid_json", "invalid_{f}"}), ("[Infinity]", {"invalid_json", "invalid_{f}"}),
-    ("[-Infinity]", {"invalid_json", "invalid_{f}"}), ("[1e400]", {"invalid_json", "invalid_{f}"}),
-    ("[1e39]", {"invalid_{f}"}), ("[-1e39]", {"invalid_{f}"}), (f"[{MANY}]", {"invalid_{f}"}),
-    ('["1"]', {"invalid_{f}"}), ('[1, "2"]', {"invalid_{f}"}), ("[true]", {"invalid_{f}"}),
-    ("[null]", {"invalid_{f}"}), ("[[1]]", {"invalid_{f}"}), ('{"0": 1}', {"invalid_{f}"}),
-    ('"1,2"', {"invalid_{f}"}), ("1", {"invalid_{f}"}), ("null", {"missing_{f}", "invalid_{f}"}),
-    (None, {"missing_{f}", "invalid_{f}"}),
-]
+#: (Python's parser would take them), so a refusal of the whole body is right for those too
+NOT_JSON = {"invalid_json", "invalid_{f}"}
+BAD_EMBEDDINGS = {
+    "empty": ("[]", {"invalid_{f}"}),
+    "NaN": ("[NaN]", NOT_JSON),
+    "NaN-second": ("[1, NaN]", NOT_JSON),
+    "Infinity": ("[Infinity]", NOT_JSON),
+    "-Infinity": ("[-Infinity]", NOT_JSON),
+    "1e400": ("[1e400]", NOT_JSON),
+    "1e39-float32-overflow": ("[1e39]", {"invalid_{f}"}),
+    "-1e39": ("[0, -1e39]", {"invalid_{f}"}),
+    "16001-dimensions": ("[" + ",".join(["0.5"] * 16001) + "]", {"invalid_{f}"}),
+    "string": ('["1"]', {"invalid_{f}"}),
+    "string-second": ('[1, "2"]', {"invalid_{f}"}),
+    "true": ("[true]", {"invalid_{f}"}),
+    "null-inside": ("[null]", {"invalid_{f}"}),
+    "nested": ("[[1]]", {"invalid_{f}"}),
+    "object": ('{"0": 1}', {"invalid_{f}"}),
+    "text": ('"1,2"', {"invalid_{f}"}),
+    "number": ("1", {"invalid_{f}"}),
+    "null": ("null", {"missing_{f}", "invalid_{f}"}),
+    "missing": (None, {"missing_{f}", "invalid_{f}"}),
+}
 SET_ROUTES = ["/vector", "/vector/set"]
 
 
@@ -538,8 +602,7 @@ def nothing_stored(client: FlaskClient) -> None:
 
 
 @pytest.mark.parametrize("route", SET_ROUTES)
-@pytest.mark.parametrize("embedding, codes", BAD_EMBEDDINGS,
-                         ids=[text[:12] if text else "missing" for text, _ in BAD_EMBEDDINGS])
+@pytest.mark.parametrize("embedding, codes", BAD_EMBEDDINGS.values(), ids=BAD_EMBEDDINGS)
 def test_bad_embedding_is_refused(client, route, embedding, codes):
     body = '{"key": "x"' + (f', "embedding": {embedding}' if embedding is not None else "") + "}"
     response = client.post(API + route, data=body, content_type="application/json",
@@ -548,8 +611,7 @@ def test_bad_embedding_is_refused(client, route, embedding, codes):
     nothing_stored(client)
 
 
-@pytest.mark.parametrize("embedding, codes", BAD_EMBEDDINGS,
-                         ids=[text[:12] if text else "missing" for text, _ in BAD_EMBEDDINGS])
+@pytest.mark.parametrize("embedding, codes", BAD_EMBEDDINGS.values(), ids=BAD_EMBEDDINGS)
 def test_bad_query_embedding_is_refused(client, embedding, codes):
     body = ('{"top_k": 3' + (f', "query_embedding": {embedding}' if embedding is not None else "")
             + "}")
@@ -612,9 +674,9 @@ def test_vector_input_at_the_limits_is_accepted(client):
                                headers=headers)
         assert response.status_code == 200, response.get_data(as_text=True)
     assert len(client.get(API + "/vector/wide", headers=headers).get_json()["embedding"]) == 16000
-    for top_k, count in [(1000, 1), (0, 1), (-5, 1), (1.0, 1), (None, 1)]:
+    for top_k in [1000, 1, 0, -5, 1.0, None]:
         response = client.post(API + "/vector/search", headers=headers,
                                json={"query_embedding": [1, 2], "top_k": top_k,
                                      "filters": None})
         assert response.status_code == 200, (top_k, response.get_data(as_text=True))
-        assert [hit["key"] for hit in response.get_json()] == ["ints"][:count]
+        assert [hit["key"] for hit in response.get_json()] == ["ints"]

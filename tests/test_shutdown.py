@@ -15,11 +15,11 @@ import time
 from pathlib import Path
 
 import requests
-import websocket
 
 from .api import put
 from .conftest import Server, wait_until
 from .sse import SSEClient
+from .test_ws import subscribe, until_end
 
 SSE = "/api/v1/memory/events/sse"
 GRACEFUL_TIMEOUT = 30
@@ -123,10 +123,7 @@ def test_a_stopped_worker_ends_its_streams_counts_them_and_its_successor_takes_o
     server = server_factory(env=ENV)
     put(server.url, "before", 1)
     streams = [WholeBody(server), WholeBody(server)]
-    ws = websocket.create_connection(server.url.replace("http", "ws", 1) +
-                                     "/api/v1/memory/events/ws", timeout=DEADLINE)
-    wait_until(lambda: server.metric("memory_events_subscribers", transport="ws") == 1,
-               message="the WebSocket stream to subscribe")
+    ws = subscribe(server, protocol=True)
     for stream in streams:
         wait_until(lambda: stream.has(b": connected"), message="every SSE stream to open")
     [stopped] = workers(server)
@@ -137,8 +134,8 @@ def test_a_stopped_worker_ends_its_streams_counts_them_and_its_successor_takes_o
     # then must end too, or it would hold the worker until the graceful timeout.
     late = WholeBody(server)
     assert [stream.final_last_id(deadline) for stream in streams] == [1, 1]
-    assert json.loads(ws.recv()) == {"type": "shutdown", "last_id": "1"}
-    ws.close()
+    assert until_end(ws, "shutdown") == ([], "1")
+    ws.drop()
     wait_until(lambda: stopped not in workers(server), timeout=deadline - time.monotonic(),
                message="the stopped worker to exit")
 

@@ -24,8 +24,7 @@ def sse_subscribers(server: Server) -> float:
 @pytest.mark.parametrize("worker_class", ["gevent", "gthread"])
 def test_filtered_stream_opens_at_once_and_delivers_only_matches(server_factory, worker_class):
     server = server_factory(worker_class=worker_class, env={"MEMORY_HEARTBEAT_SECONDS": "30"})
-    with SSEClient(server.url + SSE,
-                   params={"patterns": "match.*"}) as stream:
+    with SSEClient(server.url + SSE, params={"patterns": "match.*"}) as stream:
         assert stream.response.status_code == 200
         assert stream.response.headers["Content-Type"].startswith("text/event-stream")
         assert stream.response.headers["Cache-Control"] == "no-cache"
@@ -42,8 +41,7 @@ def test_filtered_stream_opens_at_once_and_delivers_only_matches(server_factory,
 
 
 def test_invalid_pattern_is_refused_before_any_stream(server):
-    response = requests.get(server.url + SSE,
-                            params={"patterns": "[invalid"}, timeout=5)
+    response = requests.get(server.url + SSE, params={"patterns": "[invalid"}, timeout=5)
     assert response.status_code == 400
     body = response.json()
     assert body["error"] == "invalid_pattern" and body["code"] == 400

@@ -35,7 +35,10 @@ from .sse import SSEClient
 
 WS_PATH = "/api/v1/memory/events/ws"
 WORKERS = pytest.mark.parametrize("worker_class", ["gevent", "gthread"])
-PROTOCOLS = pytest.mark.parametrize("protocol", [False, True], ids=["plain", "protocol"])
+#: plain clients under both workers; what protocol clients get differs only in its framing
+CLIENTS = pytest.mark.parametrize(
+    "worker_class, protocol", [("gevent", False), ("gthread", False), ("gevent", True)],
+    ids=["plain-gevent", "plain-gthread", "protocol-gevent"])
 #: a short heartbeat, so the server's pings and its noticing of gone clients are quick
 QUICK = {"MEMORY_HEARTBEAT_SECONDS": "0.5"}
 #: a heartbeat far above any bound a test checks: pings cannot be what notices a client left
@@ -176,17 +179,17 @@ def until_end(client: WSClient, why: str) -> tuple[list[dict], str]:
     while (item := client.next())[0] == "event":
         events.append(item[1])
     if client.protocol:
-        kind, final = item
-        assert kind == "control" and final == {"type": why, "last_id": final.get("last_id")}, \
-            f"expected a final {why} message, got {item}"
-        kind, (code, _) = client.next()  # type: ignore[misc]
-        assert kind == "close" and code == PROTOCOL_CLOSE.get(why, code), (kind, code)
+        assert item[0] == "control", f"expected a final {why} message, got {item}"
+        final, closing = item[1], client.next()
+        assert closing[0] == "close", f"expected a close after the final message, got {closing}"
+        code = closing[1][0]  # type: ignore[index]
+        expected_code = PROTOCOL_CLOSE.get(why, code)
     else:
-        kind, (code, reason) = item  # type: ignore[misc]
-        assert kind == "close", f"a plain client got {item}"
-        final = json.loads(reason)
-        assert (code, final) == (PLAIN_CLOSE[why], {"type": why, "last_id": final.get("last_id")})
-    return events, final["last_id"]  # type: ignore[return-value]
+        assert item[0] == "close", f"a plain client got {item}"
+        code, reason = item[1]  # type: ignore[misc]
+        final, expected_code = json.loads(reason), PLAIN_CLOSE[why]
+    assert (final, code) == ({"type": why, "last_id": final.get("last_id")}, expected_code)
+    return events, final["last_id"]  # type: ignore[index,return-value]
 
 
 def event_id(server: Server, key: str) -> str:
@@ -216,8 +219,7 @@ def test_control_plane_upgrade_rejection(server):
     assert ws_subscribers(server) == 0
 
 
-@WORKERS
-@PROTOCOLS
+@CLIENTS
 def test_event_is_one_text_frame_with_the_sse_event_json(server_factory, worker_class, protocol):
     server = server_factory(worker_class=worker_class, env=QUICK)
     params = {"patterns": "user.*"}
@@ -289,6 +291,7 @@ def test_trimmed_resume_resets_protocol_clients_and_plain_ones_get_events_only(s
         put(server.url, "k.2", 2)
         ids = [live.message()["id"] for _ in range(2)]
     wait_until(lambda: history_ids(server.url) == [], message="the retention to trim the log")
+    wait_until(lambda: ws_subscribers(server) == 0, message="the first client to be let go")
     resume = {"patterns": "k.*", "last_event_id": ids[0]}
     with subscribe(server, resume, protocol=True) as protocol, \
             subscribe(server, resume) as plain, \
@@ -311,8 +314,7 @@ def events_to_fill_buffers(value_size: int) -> int:
     return (tcp_send_buffer_max() + 1_000_000) // value_size + 1
 
 
-@WORKERS
-@PROTOCOLS
+@CLIENTS
 def test_overflow_ends_the_socket_and_resuming_loses_nothing(server_factory, worker_class,
                                                              protocol):
     queue_size, value_size = 5, 200_000
@@ -458,8 +460,7 @@ def test_vanished_client_is_unsubscribed(server_factory, worker_class, sig):
         holder.wait(10)
 
 
-@WORKERS
-@PROTOCOLS
+@CLIENTS
 def test_shutdown_ends_the_socket_and_resuming_after_a_restart_loses_nothing(
         server_factory, worker_class, protocol):
     server = server_factory(worker_class=worker_class, env=QUICK)
@@ -489,7 +490,7 @@ def test_lifetime_ends_protocol_streams_and_never_a_plain_one(server_factory):
         for _ in range(2):
             with WSClient(server, protocol=True) as timed:
                 assert until_end(timed, "lifetime") == ([], head)
-        wait_until(lambda: ws_subscribers(server) == 1, message="the protocol streams to end")
         put(server.url, "k.2", 2)
         assert plain.keys(1) == ["k.2"]  # its first frame: no control message, no close
+        wait_until(lambda: ws_subscribers(server) == 1, message="only the plain stream open")
     assert disconnects(server, "lifetime") == 2

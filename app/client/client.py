@@ -59,12 +59,14 @@ class MemoryClient:
 
     ``workflow_id``, ``session_id`` and ``actor_id`` go out as ``X-Workflow-ID``,
     ``X-Session-ID`` and ``X-Actor-ID`` on every call: they pick the default scope of writes,
-    the scopes ``get`` searches, and the metadata of the events a change causes.
+    the scopes ``get`` searches, and the metadata of the events a change causes, with
+    ``agent_id`` (``X-Agent-Node-ID``).
     """
 
     def __init__(self, base_url: str, api_key: str | None = None,
                  workflow_id: str | None = None, session_id: str | None = None,
-                 actor_id: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> None:
+                 actor_id: str | None = None, timeout: float = DEFAULT_TIMEOUT,
+                 agent_id: str | None = None) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError(f"base_url must look like http://host:port; got {base_url!r}")
@@ -72,7 +74,8 @@ class MemoryClient:
         self.timeout = timeout
         self.session = requests.Session()
         headers = {"X-API-Key": api_key, "X-Workflow-ID": workflow_id,
-                   "X-Session-ID": session_id, "X-Actor-ID": actor_id}
+                   "X-Session-ID": session_id, "X-Actor-ID": actor_id,
+                   "X-Agent-Node-ID": agent_id}
         self.session.headers.update({name: value for name, value in headers.items() if value})
 
     def close(self) -> None:

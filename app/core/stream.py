@@ -89,11 +89,12 @@ class Stream:
         self.peer = peer
         self.snapshot = snapshot
         self.lifetime = lifetime
+        self.reason = EndReason.CLIENT  # why it ended, once it has
 
     def __iter__(self) -> Iterator[Item]:
         subscriber = self.broker.subscribe(self.selection, self.transport)
         self.metrics.opened(self.transport)
-        reason = EndReason.CLIENT
+        self.reason = EndReason.CLIENT
         unwatch = self.peer.watch_close(subscriber.hang_up) if self.peer else None
         try:
             yield Opened()
@@ -104,15 +105,20 @@ class Stream:
                     yield reset
             if self.snapshot and (self.last_event_id is None or reset is not None):
                 yield from self._snapshot(subscriber)
-            reason = yield from self._live(subscriber)
+            yield from self._live(subscriber)
         finally:
             if unwatch is not None:
                 unwatch()
             self.broker.unsubscribe(subscriber)
-            self.metrics.closed(self.transport, reason)
+            self.metrics.closed(self.transport, self.reason)
+
+    def _end(self, reason: EndReason, subscriber: Subscriber) -> End:
+        """The last item; its reason is kept first, as the transport stops iterating at it."""
+        self.reason = reason
+        return End(reason, subscriber.last_id)
 
     def _live(self, subscriber: Subscriber) -> Iterator[Item]:
-        """Events as they come, keepalives in silences; returns why the stream ended."""
+        """Events as they come, keepalives in silences, until the stream ends."""
         heartbeat = self.settings.heartbeat_seconds
         deadline = float("inf")
         if self.lifetime:
@@ -123,8 +129,8 @@ class Stream:
         while True:
             now = time.monotonic()
             if now >= deadline:
-                yield End(EndReason.LIFETIME, subscriber.last_id)
-                return EndReason.LIFETIME
+                yield self._end(EndReason.LIFETIME, subscriber)
+                return
             quiet_until = subscriber.wrote_at + heartbeat
             if now >= quiet_until:
                 yield Idle()
@@ -139,8 +145,8 @@ class Stream:
                 yield Batch(batch)
                 subscriber.sent(batch)
             if close is not None:
-                yield End(close.reason, subscriber.last_id)
-                return close.reason
+                yield self._end(close.reason, subscriber)
+                return
 
     def _replay(self, subscriber: Subscriber) -> Iterator[Item]:
         """Logged events after ``last_event_id`` up to where live delivery starts; returns a

@@ -126,16 +126,20 @@ def search(view: View, query: np.ndarray, metric: str, top_k: int,
     """``(row, score, distance)`` of the best ``top_k``, best first. Pure numpy: safe to run in
     another thread while the process serves requests."""
     rows = view.candidates(filters)
-    if rows is None:
+    every = rows is None
+    if every:
         rows = np.flatnonzero(view.alive)
-        products = view.data @ query
-        products = products[rows]
-    else:
-        products = view.data[rows] @ query
     if not len(rows):
         return []
+    data = view.data if every else view.data[rows]  # a filter picks few rows: copy just those
+    with np.errstate(over="ignore", invalid="ignore"):
+        products = (data @ query).astype(np.float64)
+    if not np.isfinite(products).all():  # values near float32's limits: score in float64
+        products = data.astype(np.float64) @ query.astype(np.float64)
+    if every:
+        products = products[rows]
     q_norm = float(np.linalg.norm(query.astype(np.float64)))
-    scores = _scores(products.astype(np.float64), view.norms[rows], q_norm, metric)
+    scores = _scores(products, view.norms[rows], q_norm, metric)
     keep = min(len(rows), top_k + RESCORE)
     best = np.argpartition(-scores, keep - 1)[:keep] if keep < len(rows) else np.arange(len(rows))
     exact = view.data[rows[best]].astype(np.float64) @ query.astype(np.float64)

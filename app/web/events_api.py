@@ -51,6 +51,8 @@ def events_sse() -> Response:
 
 def _protocol_client() -> bool:
     offered = request.headers.get("Sec-WebSocket-Protocol", "")
+    if not offered.isascii():
+        raise Refused(400, "invalid_handshake", "Sec-WebSocket-Protocol must be ASCII tokens.")
     return WS_PROTOCOL in (name.strip() for name in offered.split(","))
 
 

@@ -22,6 +22,9 @@ EVENT_ID = "^[0-9]+$"
 EVENT_ID_NUMBER = {"type": "integer", "minimum": 0, "maximum": MAX_ID}
 #: the smallest magnitude float32 rounds to infinity: 2**128 - 2**103 (FLT_MAX + half an ulp)
 FLOAT32_OVERFLOW = float(2**128 - 2**103)
+#: what ``str.strip`` removes: scope names are read trimmed, and a blank one means "not given"
+SPACE = "[\\t-\\r\\x1c-\\x20\\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
+SCOPE_NAMES = "(" + "|".join(SCOPES) + ")"
 STREAM_PATHS = ("/memory/events/sse", "/memory/events/ws")
 SCOPE_HEADERS = ("WorkflowId", "SessionId", "ActorId")
 #: what every operation takes: the origin check covers every route
@@ -72,6 +75,17 @@ def _error(status: int, description: str, headers: Json | None = None,
     return response
 
 
+def _scope_input(required: bool = False, null: bool = False) -> Json:
+    """A scope name as a request gives it: surrounding white space is ignored, and unless
+    ``required`` a blank (or, with ``null``, a null) one means "not given"."""
+    names = SCOPE_NAMES if required else SCOPE_NAMES + "?"
+    text = {"type": "string", "pattern": f"^{SPACE}*{names}{SPACE}*$"}
+    schema = {"anyOf": [text, {"type": "null"}]} if null else text
+    return {**schema, "description": "One of " + ", ".join(f"`{s}`" for s in SCOPES)
+            + " (surrounding white space is ignored)" + ("" if required else
+                                                          "; blank means not given") + "."}
+
+
 def _or_empty(schema: Json) -> Json:
     """A query or header value that may also be empty, which means "not given"."""
     return {"anyOf": [schema, {"const": ""}]}
@@ -109,9 +123,10 @@ def _schemas(settings: Settings) -> Json:
            "description": "Any non-empty text; `.` and `/` are ordinary characters (globs treat "
                           "`/` as a separator)."}
     # In a body, null means the same as absent: clients that send every field keep working.
-    body_scope = {"anyOf": [_schema("Scope"), {"type": "null"}, {"const": ""}],
-                  "description": "Absent, null or blank: the most specific scope whose `X-*-ID` header "
-                                 "is present (workflow, session, actor), else global."}
+    body_scope = {**_scope_input(null=True),
+                  "description": "Absent, null or blank: the most specific scope whose `X-*-ID` "
+                                 "header is present (workflow, session, actor), else global. "
+                                 "Surrounding white space is ignored."}
     scope_id = {"type": ["string", "null"],
                 "description": "Defaults to the scope's `X-*-ID` header; blank or null means "
                                "absent."}
@@ -376,8 +391,8 @@ def _parameters(settings: Settings) -> Json:
                       "of the request) that `MEMORY_CORS_ORIGINS` does not list is 403 "
                       "`origin_not_allowed`, on every route; without it nothing is checked.",
             False),
-        "Scope": _query("scope", _or_empty(_schema("Scope")),
-                        "Only events of this scope; empty means any."),
+        "Scope": _query("scope", _scope_input(),
+                        "Only events of this scope; blank means any."),
         "ScopeId": _query("scope_id", {"type": "string"},
                           "Only events of this scope id; on `/memory/list` it defaults to the "
                           "scope's `X-*-ID` header."),
@@ -509,7 +524,7 @@ def _memory_paths() -> Json:
             "Ordered by scope id, then key. `scope_id` defaults to the scope's header; with "
             "neither, every id of the scope. Listing, then streaming with `Last-Event-ID` set "
             "to the first page's `X-Last-Event-ID`, converges to the exact state.",
-            [_query("scope", _schema("Scope"), "The scope to list.", required=True),
+            [_query("scope", _scope_input(required=True), "The scope to list.", required=True),
              _ref("parameters", "ScopeId"),
              _query("prefix", {"type": "string"}, "Only keys that start with this."),
              _query("limit", _or_empty({"type": "integer", "minimum": 1,
@@ -538,7 +553,7 @@ def _vector_paths(settings: Settings) -> Json:
                "schema": {"type": "string", "minLength": 1,
                           "maxLength": settings.max_key_length},
                "description": "The key; it may contain `/`."},
-              _query("scope", _or_empty(_schema("Scope")),
+              _query("scope", _scope_input(),
                      "Absent or blank: the most specific scope whose `X-*-ID` header is "
                      "present, else global."),
               _query("scope_id", {"type": "string"}, "Defaults to the scope's `X-*-ID` header."),
@@ -573,7 +588,9 @@ def _vector_paths(settings: Settings) -> Json:
             "delete": _api_operation(
                 "vectors", "Delete a vector",
                 "Resolves its scope like a write.", by_key,
-                {**deleted, "400": _error(400, bad_key_query + ", `missing_scope_id`.")}),
+                {**deleted, "400": _error(400, bad_key_query + ", `missing_scope_id`."),
+                 "404": _error(404, "`not_found`: only for an empty key (`/memory/vector/`), "
+                                    "which names no vector.")}),
         },
         "/memory/vector/delete": {"post": _memory_write(
             "Delete a vector (body)", "The body's scope is honoured.", "KeyRequest",

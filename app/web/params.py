@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from datetime import datetime, timezone
 from typing import Any
 
@@ -19,6 +20,7 @@ from ..core.scopes import candidates, text
 from ..settings import Settings
 from ..wire import MAX_ID, dump
 
+DIGITS = re.compile("[0-9]+")
 #: the longest time to live: about a hundred years
 MAX_TTL_SECONDS = 3.2e9
 
@@ -34,14 +36,18 @@ def raw_body() -> bytes:
     return raw
 
 
+class NotStandard(ValueError):
+    """A number Python's parser takes but standard JSON has not."""
+
+
 def _not_json(name: str) -> None:
-    raise ValueError(f"{name} is not JSON")
+    raise NotStandard(f"{name} is not JSON")
 
 
 def _finite(number_text: str) -> float:
     number = float(number_text)
     if math.isinf(number):
-        raise ValueError(f"{number_text} is too large")
+        raise NotStandard(f"{number_text} is too large")
     return number
 
 
@@ -51,6 +57,9 @@ def body() -> dict[str, Any]:
         value = json.loads(raw_body(), parse_constant=_not_json, parse_float=_finite)
     except RecursionError:
         raise Invalid("invalid_json", "The request body is nested too deeply.") from None
+    except NotStandard:
+        raise Invalid("invalid_json", "The request body holds a number JSON cannot: NaN, "
+                                      "Infinity, or one too large for a double.") from None
     except ValueError:
         raise Invalid("invalid_json", "The request body must be a JSON object.") from None
     if not isinstance(value, dict):
@@ -111,10 +120,8 @@ def ttl_seconds(fields: dict[str, Any]) -> float | None:
 
 
 def int_value(value: str | None, error: str, name: str, low: int, high: int) -> int:
-    try:
-        number = int(value or "")
-    except ValueError:
-        number = None
+    """Decimal digits only (Python's ``int`` would also take ``+1_0`` and other scripts')."""
+    number = int(value) if value is not None and DIGITS.fullmatch(value) else None
     if number is None or not low <= number <= high:
         raise Invalid(error, f"'{name}' must be a whole number from {low} to {high}; "
                              f"got {value!r}.")

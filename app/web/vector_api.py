@@ -6,11 +6,11 @@ deletes hit the workflow scope), and bad input is a 400 where the control plane 
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 from flask import Blueprint, Response, request
+from werkzeug.routing import PathConverter
 
 from ..core.errors import Invalid, NotFound
 from ..core.scopes import candidates
@@ -23,6 +23,16 @@ from .security import require_api_key
 
 vectors = Blueprint("vectors", __name__)
 vectors.before_request(require_api_key)
+
+
+class AnyKey(PathConverter):
+    """A key in the path as clients escape it: any text, a leading ``/``, repeated slashes and
+    line breaks included (Go's client escapes them all, and they all name other keys)."""
+    regex = "(?s:.+)"
+    part_isolating = False  # it spans slashes, though its pattern names none
+
+
+vectors.record_once(lambda state: state.app.url_map.converters.setdefault("key", AnyKey))
 
 #: pgvector's limit, and well past any embedding model's
 MAX_DIMENSIONS = 16000
@@ -41,8 +51,11 @@ def _embedding(fields: dict[str, Any], name: str) -> np.ndarray:
                                          f"{MAX_DIMENSIONS} are allowed.")
     if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value):
         raise Invalid(f"invalid_{name}", f"'{name}' must hold numbers only.")
-    with np.errstate(over="ignore"):
-        values = np.asarray(value, dtype=np.float64).astype("<f4")
+    try:
+        with np.errstate(over="ignore"):
+            values = np.asarray(value, dtype=np.float64).astype("<f4")
+    except OverflowError:  # a whole number past any float
+        values = np.array([np.inf], dtype="<f4")
     if not np.isfinite(values).all():
         raise Invalid(f"invalid_{name}", f"'{name}' holds a number too large for float32.")
     return values
@@ -90,7 +103,7 @@ def set_vector() -> Response:
                          % (dump(key), dump(scope), dump(scope_id), metadata))
 
 
-@vectors.get("/memory/vector/<path:key>")
+@vectors.get("/memory/vector/<key:key>", merge_slashes=False)
 def get_vector(key: str) -> Response:
     params.key({"key": key}, current_service().settings)
     scopes = _query_scopes(reading=True)  # the first is where a write would have gone
@@ -100,7 +113,7 @@ def get_vector(key: str) -> Response:
     return json_response(_vector_json(vector))
 
 
-@vectors.delete("/memory/vector/<path:key>")
+@vectors.delete("/memory/vector/<key:key>", merge_slashes=False)
 def delete_vector(key: str) -> Response:
     params.key({"key": key}, current_service().settings)
     current_service().store.vector_delete(*_query_scopes()[0], key)
@@ -136,7 +149,7 @@ def search_vectors() -> Response:
     if top_k is None:
         top_k = DEFAULT_TOP_K
     if (isinstance(top_k, bool) or not isinstance(top_k, (int, float))
-            or not math.isfinite(top_k) or top_k != int(top_k) or top_k > MAX_TOP_K):
+            or (isinstance(top_k, float) and not top_k.is_integer()) or top_k > MAX_TOP_K):
         raise Invalid("invalid_top_k", f"'top_k' must be a whole number up to {MAX_TOP_K} "
                                        f"(0 or less means {DEFAULT_TOP_K}).")
     top_k = int(top_k) if top_k > 0 else DEFAULT_TOP_K

@@ -138,8 +138,9 @@ async def main() -> None:
     loop = asyncio.get_running_loop()
     while True:
         line = await loop.run_in_executor(None, sys.stdin.readline)
-        if not line:
-            break
+        if not line:  # the test is done: leave now, whatever the SDK's tasks are doing
+            PROTOCOL.flush()
+            os._exit(0)
         if not line.strip():
             continue
         command = json.loads(line)
@@ -159,6 +160,7 @@ async def main() -> None:
 if __name__ == "__main__":
     try:
         asyncio.run(main())
-    finally:
-        PROTOCOL.flush()
-        os._exit(0)  # reconnect tasks and the executor's reader thread must not keep it alive
+    except BaseException:
+        traceback.print_exc()
+        os._exit(1)
+    os._exit(0)  # reconnect tasks and the executor's reader thread must not keep it alive

@@ -183,6 +183,7 @@ function failed(failure) {
   if (failure instanceof ServerError && failure.status < 500) {
     showError(failure.message, failure.code);
     setStatus("error");
+    if (!records.loaded) ui.stateCount.textContent = "not loaded";
     if (failure.status === 401) ui.apiKey.focus();
     return;
   }
@@ -197,6 +198,7 @@ function stop() {
   clearTimeout(state.retryTimer);
   closeSource();
   setStatus("idle");
+  if (!records.loaded) ui.stateCount.textContent = "not loaded";
 }
 
 // --- the state ---------------------------------------------------------------------------
@@ -256,7 +258,7 @@ function applyEvent(event) {
   const id = identity(event);
   const kept = records.entries.get(id);
   if (event.action === "delete") {
-    return;
+    if (!kept) return;
     records.entries.delete(id);
     records.order.splice(records.order.indexOf(kept), 1);
     kept.row.remove();
@@ -337,7 +339,9 @@ async function fillFeed(session) {
     const recent = await getJSON("events/history", { ...state.filters, limit: RECENT_EVENTS });
     if (session === state.session) recent.forEach(placeEvent);
   } catch (failure) {
-    if (session === state.session) showError(`Recent events could not be loaded: ${failure.message}`);
+    if (session === state.session) {
+      showError(`Recent events could not be loaded: ${failure.message}`);
+    }
   }
 }
 

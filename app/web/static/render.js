@@ -62,7 +62,9 @@ export function fillRecordRow(row, record) {
   row.dataset.scopeId = record.scope_id;
   row.dataset.version = record.version;
   part(".record__key code").textContent = record.key;
-  part(".record__scope").textContent = `${record.scope}/${record.scope_id}`;
+  // A line may break after the slash, not inside a scope id.
+  part(".record__scope").replaceChildren(`${record.scope}/`, document.createElement("wbr"),
+                                         record.scope_id);
   part(".record__value code").textContent = JSON.stringify(record.data);
   const time = part(".record__updated time");
   setTime(time, record.updated_at);
