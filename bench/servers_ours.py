@@ -305,7 +305,10 @@ def save(name: str, results: dict) -> Path:
 
 
 def commit() -> str:
-    """The commit measured, and whether the service's code differs from it."""
+    """The commit measured, and whether the service's code differs from it (a copy made by
+    ``git archive`` has no repository: it names its commit in ``BENCH_COMMIT``)."""
+    if os.environ.get("BENCH_COMMIT"):
+        return os.environ["BENCH_COMMIT"]
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
                               timeout=10).stdout.strip()

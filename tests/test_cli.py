@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import re
 import signal
 import subprocess
@@ -134,3 +135,66 @@ def test_commands_send_the_api_key_and_explain_failures(server_factory,
     assert down.returncode == 1 and "Connection refused" in down.stderr
     bad_url = run(tmp_path, "get", "k", "--url", "localhost:8080")
     assert bad_url.returncode == 2 and "--url" in bad_url.stderr
+
+
+#: what the terminal gets before each drawing of the state: home, and clear the screen
+REDRAW = b"\x1b[H\x1b[J"
+
+
+def start_watch(server: Server, tmp_path: Path, **popen: object) -> subprocess.Popen:
+    return subprocess.Popen(FLASK + ["watch", "--url", server.url, "--patterns", "user.*",
+                                     "--scope", "global"], cwd=ROOT,
+                            env=cli_env(tmp_path, COLUMNS="80", LINES="24"),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+                            **popen)  # type: ignore[call-overload]
+
+
+def test_watch_prints_each_new_state_into_a_pipe(server: Server, tmp_path: Path) -> None:
+    client = MemoryClient(server.url)
+    client.set("user.1", {"name": "Ada"})
+    client.set("other", 0)
+    watch = start_watch(server, tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                        text=True)
+    out = Lines(watch.stdout)
+    try:
+        out.wait_for("user.1")
+        client.set("user.2", 2)
+        client.delete("user.1")
+        out.wait_for('{"user.2":2}')
+        watch.send_signal(signal.SIGINT)
+        assert watch.wait(30) == 0
+    finally:
+        watch.kill()
+        watch.wait()
+    assert [json.loads(line) for line in out.lines] == [
+        {"user.1": {"name": "Ada"}}, {"user.1": {"name": "Ada"}, "user.2": 2}, {"user.2": 2}]
+
+
+def test_watch_redraws_the_state_in_place_on_a_terminal(server: Server, tmp_path: Path) -> None:
+    client = MemoryClient(server.url)
+    client.set("user.1", "first")
+    screen, terminal = pty.openpty()
+    os.set_blocking(screen, False)
+    watch = start_watch(server, tmp_path, stdin=terminal, stdout=terminal, stderr=terminal)
+    os.close(terminal)
+    written = bytearray()
+
+    def read_until(text: bytes) -> None:
+        def seen() -> bool:
+            try:
+                written.extend(os.read(screen, 65536))
+            except OSError:
+                pass
+            return text in written
+        wait_until(seen, timeout=30, message=f"{text!r} on the terminal")
+    try:
+        read_until(b"user.1  \"first\"")
+        client.set("user.1", "second")
+        read_until(b"user.1  \"second\"")
+        drawn = written.split(REDRAW)
+        assert len(drawn) >= 3 and b"first" not in drawn[-1]  # drawn again, not appended
+    finally:
+        watch.kill()
+        watch.wait()
+        os.close(screen)
+

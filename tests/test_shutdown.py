@@ -151,3 +151,15 @@ def test_a_stopped_worker_ends_its_streams_counts_them_and_its_successor_takes_o
     wait_until(lambda: server.metric("memory_events_disconnects_total", reason="shutdown")
                == ended, message="every stream it ended counted as shutdown")
     late.response.close()
+
+
+def test_a_connection_kept_alive_between_requests_does_not_hold_a_stopping_worker(
+        server_factory):
+    server = server_factory(env={"GUNICORN_CMD_ARGS": "--keep-alive 60"})
+    with requests.Session() as session:  # the client keeps the connection for its next request
+        assert session.get(server.url + "/healthz", timeout=10).status_code == 200
+        assert server.process is not None
+        started = time.monotonic()
+        server.send(signal.SIGTERM)
+        server.process.wait(30)  # it would wait out the keep-alive: 60 s
+    assert time.monotonic() - started < 20

@@ -21,6 +21,7 @@ import shutil
 import signal
 import socket
 import tempfile
+import weakref
 from typing import Any
 
 __all__ = ["on_starting", "post_worker_init", "post_request", "child_exit", "on_exit"]
@@ -65,7 +66,9 @@ def post_worker_init(worker: Any) -> None:
         import gevent
 
         from .peer import with_peers
-        worker.wsgi = with_peers(worker.wsgi)
+        # the connections kept alive between two requests, closed on SIGTERM
+        worker.memory_events_idle = idle = weakref.WeakSet()
+        worker.wsgi = with_peers(worker.wsgi, idle.discard)
         pool = gevent.get_hub().threadpool
         for service in services:  # numpy scores in a thread while the loop serves the rest
             service.vectors.offload = lambda function, *args: pool.apply(function, args)
@@ -77,6 +80,8 @@ def post_worker_init(worker: Any) -> None:
         if stopping:
             for service in services:
                 service.close()
+            for sock in list(getattr(worker, "memory_events_idle", ())):
+                _shut_reading(sock)  # a client's next request belongs on a worker that stays
 
     worker.handle_exit = handle_exit
     signal.signal(signal.SIGTERM, handle_exit)
@@ -84,14 +89,25 @@ def post_worker_init(worker: Any) -> None:
 
 def post_request(worker: Any, req: Any, environ: dict, resp: Any) -> None:
     """A response that ends while the worker stops (a stream told ``shutdown``) closes its
-    connection. Kept alive, it would hold the worker for the keep-alive time, and a client that
-    reconnects on it at once (``EventSource`` does) would open a new stream on a stopping worker
-    instead of reaching one that stays."""
+    connection, and so does, on SIGTERM, a connection kept alive between two requests. Kept
+    alive, either would hold the stopping worker for the keep-alive time, and a client that
+    reconnects on it at once (``EventSource`` does) would open a new stream on a stopping
+    worker instead of reaching one that stays."""
+    sock = environ.get("gunicorn.socket")
+    if sock is None:
+        return
+    idle = getattr(worker, "memory_events_idle", None)
     if not worker.alive:
-        try:
-            environ["gunicorn.socket"].shutdown(socket.SHUT_RD)
-        except OSError:
-            pass  # the client is gone already
+        _shut_reading(sock)
+    elif idle is not None:
+        idle.add(sock)
+
+
+def _shut_reading(sock: Any) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RD)
+    except OSError:
+        pass  # the client is gone already
 
 
 def _services(wsgi: Any) -> list:

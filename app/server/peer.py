@@ -66,10 +66,13 @@ def _nothing() -> None:
     """Nothing to stop."""
 
 
-def with_peers(wsgi_app: Callable) -> Callable:
-    """Wrap gunicorn's WSGI app so each request can find its ``GeventPeer``."""
+def with_peers(wsgi_app: Callable, busy: Callable[[Any], None]) -> Callable:
+    """Wrap gunicorn's WSGI app so each request can find its ``GeventPeer``; ``busy`` hears of
+    each connection that carries a request."""
     def app(environ: dict, start_response: Callable) -> Any:
-        environ[ENVIRON_KEY] = GeventPeer(environ["gunicorn.socket"],
-                                          getattr(start_response, "__self__", None), environ)
+        sock = environ["gunicorn.socket"]
+        busy(sock)
+        environ[ENVIRON_KEY] = GeventPeer(sock, getattr(start_response, "__self__", None),
+                                          environ)
         return wsgi_app(environ, start_response)
     return app
