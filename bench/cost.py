@@ -32,8 +32,22 @@ from typing import Any
 
 from app.store import open_store
 
-from .servers_ours import (STORES, Databases, Http, Ticker, header, load, put, raw_stream, read_until,
-                           save, start_server, stop_server, table, verdict, worker_rss_kb)
+from .servers_ours import (
+    STORES,
+    Databases,
+    Http,
+    Ticker,
+    header,
+    put,
+    raw_stream,
+    read_until,
+    run_stores,
+    start_server,
+    stop_server,
+    table,
+    verdict,
+    worker_rss_kb,
+)
 
 SSE = "/api/v1/memory/events/sse"
 HISTORY = "/api/v1/memory/events/history"
@@ -283,17 +297,9 @@ def main() -> None:
     stores = [s for s in args.stores.split(",") if s]
     title = header(f"bench.cost: {args.events:,} events, 1 gevent worker, default settings")
     print(title, flush=True)
-    results: dict[str, Any] = {}
-    with ExitStack() as stack:
-        dbs = Databases(stack)
-        for store in stores:
-            results[store] = run_store(store, args, dbs, stack)
-    print(f"\nload after the run: {load()}\n")
-    print(title)
-    print("Times: median of the rounds (worst in brackets); targets are judged on the worst.\n")
-    print(summarise(results, args))
-    path = save("cost", {"title": title, "args": vars(args), "results": results})
-    print(f"\nnumbers: {path}")
+    run_stores("cost", title,
+               "Times: median of the rounds (worst in brackets); targets are judged on the worst.",
+               stores, args, run_store, summarise)
 
 
 if __name__ == "__main__":

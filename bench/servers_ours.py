@@ -325,6 +325,23 @@ def header(title: str) -> str:
             f"Python {sys.version.split()[0]}, load {load()}")
 
 
+def run_stores(name: str, title: str, note: str, stores: list[str], args: argparse.Namespace,
+               run_store: Any, summarise: Any, **extra: Any) -> None:
+    """Run ``run_store`` on each store with fresh databases, then print the table and save it
+    as ``name`` (``extra`` goes into the saved numbers and to ``summarise``)."""
+    results: dict[str, Any] = {}
+    with ExitStack() as stack:
+        dbs = Databases(stack)
+        for store in stores:
+            results[store] = run_store(store, args, dbs, stack)
+    print(f"\nload after the run: {load()}\n")
+    print(title)
+    print(note + "\n")
+    print(summarise(results, args, **extra))
+    path = save(name, {"title": title, "args": vars(args), "results": results, **extra})
+    print(f"\nnumbers: {path}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="the /healthz ticker's process")
     parser.add_argument("role", choices=["ticker"])

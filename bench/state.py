@@ -30,9 +30,21 @@ from typing import Any
 
 from app.store import open_store
 
-from .servers_ours import (STORES, Databases, Http, header, load, p, put, raw_stream, save,
-                           start_server, stop_server, table, verdict)
 from .cost import wait_streams_gone
+from .servers_ours import (
+    STORES,
+    Databases,
+    Http,
+    header,
+    p,
+    put,
+    raw_stream,
+    run_stores,
+    start_server,
+    stop_server,
+    table,
+    verdict,
+)
 
 SSE = "/api/v1/memory/events/sse"
 LIST = "/api/v1/memory/list"
@@ -257,8 +269,8 @@ class SteadyWriter:
 
 def ttl(port: int, store: Any, keys: int, ttl_seconds: float, rate: float,
         baseline_seconds: float) -> dict[str, Any]:
-    remaining = (f"SELECT COUNT(*) FROM memory WHERE expires_at IS NOT NULL "
-                 f"AND key LIKE 'ttl.%'")
+    remaining = ("SELECT COUNT(*) FROM memory WHERE expires_at IS NOT NULL "
+                 "AND key LIKE 'ttl.%'")
     writer = SteadyWriter(port, rate)
     try:
         time.sleep(1.0)  # settle
@@ -347,7 +359,8 @@ def summarise(results: dict[str, Any], args: argparse.Namespace) -> str:
     rows.append(["… set attempts (409s)"] + [f"{x['attempts']:,} ({x['conflicts']:,})"
                                               for x in cas_] + blank)
     rows.append(["… counter at the end / `set` events logged"]
-                + [f"{x['final']:,} / {x['set_events']:,}" for x in cas_] + [f"{total:,} / {total:,}"]
+                + [f"{x['final']:,} / {x['set_events']:,}" for x in cas_]
+                + [f"{total:,} / {total:,}"]
                 + [verdict(0 if x["final"] == total == x["set_events"] else 1, 0) for x in cas_])
     lists = [results[s]["list"] for s in stores]
     rows.append([f"list `prefix` + `limit=100`, scope of {args.big:,} keys: page p50 (ms)"]
@@ -405,17 +418,9 @@ def main() -> None:
     stores = [s for s in args.stores.split(",") if s]
     title = header(f"bench.state: {args.workers} gevent workers, default settings")
     print(title, flush=True)
-    results: dict[str, Any] = {}
-    with ExitStack() as stack:
-        dbs = Databases(stack)
-        for store in stores:
-            results[store] = run_store(store, args, dbs, stack)
-    print(f"\nload after the run: {load()}\n")
-    print(title)
-    print("Client-side times (request written → answer read) on keep-alive connections.\n")
-    print(summarise(results, args))
-    path = save("state", {"title": title, "args": vars(args), "results": results})
-    print(f"\nnumbers: {path}")
+    run_stores("state", title,
+               "Client-side times (request written → answer read) on keep-alive connections.",
+               stores, args, run_store, summarise)
 
 
 if __name__ == "__main__":

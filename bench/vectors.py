@@ -12,8 +12,10 @@ On SQLite and on PostgreSQL, one gevent worker, default settings (cosine): three
 * a search storm: ``--searchers`` clients searching the 50k scope at once for
   ``--storm-seconds``, with the ticker's worst gap, searches/s and the storm's p50/p99.
 
-The matrix product alone (numpy in the bench's process, the same shapes) is printed beside, as
-the floor a search on this machine cannot go under.
+The matrix product alone (numpy in a fresh process, the same shapes, with OpenBLAS's default
+threads and with one) is printed beside, as the floor a search on this machine cannot go under.
+PostgreSQL gets ``VACUUM ANALYZE vectors`` after the fill, as autovacuum would have done to a
+table that grew over time (``--no-analyze`` measures the freshly filled table).
 """
 from __future__ import annotations
 
@@ -31,8 +33,19 @@ import numpy as np
 
 from app.store import open_store
 
-from .servers_ours import (STORES, Databases, Http, Ticker, header, load, p, save, start_server,
-                           stop_server, table, verdict)
+from .servers_ours import (
+    STORES,
+    Databases,
+    Http,
+    Ticker,
+    header,
+    p,
+    run_stores,
+    start_server,
+    stop_server,
+    table,
+    verdict,
+)
 
 DIM = 768
 SEARCH = "/api/v1/memory/vector/search"
@@ -182,6 +195,10 @@ def run_store(store: str, args: argparse.Namespace, dbs: Databases,
         print(f"  {store}: {count:,} vectors inserted through the {how} in {seconds:.1f} s "
               f"({count / seconds:,.0f}/s)", flush=True)
     stop_server(server)  # a fresh worker: no index in memory yet
+    if args.analyze:
+        # as autovacuum would have by then: without statistics PostgreSQL answers each
+        # search's MAX(seq) of the scope by reading the scope's whole index range
+        dbs.execute(url, "VACUUM ANALYZE vectors")
     server = start_server(stack, url, f"vectors-{store}", env=env)
     bodies = {count: query_bodies(datasets[count], scope_id(count), count + 1)
               for count in args.sizes}
@@ -274,6 +291,8 @@ def main() -> None:
     parser.add_argument("--searches", type=int, default=300, help="timed searches per scope")
     parser.add_argument("--searchers", type=int, default=4)
     parser.add_argument("--storm-seconds", type=float, default=5.0)
+    parser.add_argument("--no-analyze", dest="analyze", action="store_false",
+                        help="search PostgreSQL's freshly filled table without VACUUM ANALYZE")
     parser.add_argument("--blas-threads", help="OPENBLAS_NUM_THREADS for the server (default: "
                                                "unset, OpenBLAS uses every core)")
     args = parser.parse_args()
@@ -281,23 +300,15 @@ def main() -> None:
     stores = [s for s in args.stores.split(",") if s]
     blas = (f", OPENBLAS_NUM_THREADS={args.blas_threads}" if args.blas_threads
             else ", default settings")
+    blas += "" if args.analyze else ", PostgreSQL without VACUUM ANALYZE after the fill"
     title = header(f"bench.vectors: {DIM} dimensions, cosine, top_k 10, 1 gevent worker{blas}")
     print(title, flush=True)
     floors = {"OpenBLAS default threads": matmul_floor(args.sizes, None),
               "OpenBLAS 1 thread": matmul_floor(args.sizes, "1")}
-    results: dict[str, Any] = {}
-    with ExitStack() as stack:
-        dbs = Databases(stack)
-        for store in stores:
-            results[store] = run_store(store, args, dbs, stack)
-    print(f"\nload after the run: {load()}\n")
-    print(title)
-    print("Search times from the client: request written → answer read, after one warm-up "
-          "search per scope.\n")
-    print(summarise(results, args, floors))
-    path = save("vectors", {"title": title, "args": vars(args), "results": results,
-                            "matmul_floor_s": floors})
-    print(f"\nnumbers: {path}")
+    run_stores("vectors", title,
+               "Search times from the client: request written → answer read, after one "
+               "warm-up search per scope.",
+               stores, args, run_store, summarise, floors=floors)
 
 
 if __name__ == "__main__":

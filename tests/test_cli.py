@@ -56,6 +56,12 @@ class Lines:
         return found()  # type: ignore[return-value]
 
 
+def stop_with_ctrl_c(process: subprocess.Popen) -> None:
+    """Ctrl-C is how a tail or a watch ends: exit code 0, no traceback."""
+    process.send_signal(signal.SIGINT)
+    assert process.wait(30) == 0
+
+
 def test_tail_prints_changes_says_when_it_reconnects_and_stops_on_ctrl_c(
         server_factory, tmp_path: Path) -> None:
     server: Server = server_factory(env={"MEMORY_HEARTBEAT_SECONDS": "0.5"})
@@ -91,8 +97,7 @@ def test_tail_prints_changes_says_when_it_reconnects_and_stops_on_ctrl_c(
         client.set("user.3", 3)
         out.wait_for("user.3")
 
-        tail.send_signal(signal.SIGINT)
-        assert tail.wait(30) == 0
+        stop_with_ctrl_c(tail)
     finally:
         tail.kill()
         tail.wait()
@@ -161,8 +166,7 @@ def test_watch_prints_each_new_state_into_a_pipe(server: Server, tmp_path: Path)
         client.set("user.2", 2)
         client.delete("user.1")
         out.wait_for('{"user.2":2}')
-        watch.send_signal(signal.SIGINT)
-        assert watch.wait(30) == 0
+        stop_with_ctrl_c(watch)
     finally:
         watch.kill()
         watch.wait()

@@ -17,7 +17,19 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection
 
-from app.client import (ApiError, Backoff, BadRequest, ConnectionFailed, MemoryClient, NotFound, SseFrame, SseParser, StreamStatus, Unauthorized, VersionConflict)
+from app.client import (
+    ApiError,
+    Backoff,
+    BadRequest,
+    ConnectionFailed,
+    MemoryClient,
+    NotFound,
+    SseFrame,
+    SseParser,
+    StreamStatus,
+    Unauthorized,
+    VersionConflict,
+)
 
 from .api import put
 from .conftest import Server, free_port, wait_until

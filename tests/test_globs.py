@@ -1,5 +1,5 @@
-"""Tests for app.core.globs: Go's filepath.Match table, Unicode, malformed globs, pattern lists, and a
-randomized cross-check of the compiled KeyMatcher against the direct port behind match()."""
+"""Tests for app.core.globs: Go's filepath.Match table, Unicode, malformed globs, pattern lists,
+and a randomized cross-check of the compiled KeyMatcher against the direct port behind match()."""
 
 from __future__ import annotations
 

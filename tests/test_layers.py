@@ -24,7 +24,8 @@ def loaded_after(statement: str) -> set[str]:
 
 
 @pytest.mark.parametrize("statement", [
-    "import app", "from app.client import MemoryClient", "import app.client.cli", "import app.wire"])
+    "import app", "from app.client import MemoryClient", "import app.client.cli",
+    "import app.wire"])
 def test_the_client_loads_no_server(statement):
     assert loaded_after(statement) == set()
 

@@ -227,7 +227,8 @@ def test_snapshot_sends_matching_records_then_only_the_changes_after_them(server
     server, writer = server_factory(env=QUICK), server_factory(env=QUICK)
     for _ in range(3):
         with busy_writer(writer, keys, **s1) as stop_writing, \
-                open_stream(server, transport, {**s1, "patterns": "s.*", "snapshot": "1"}) as stream:
+                open_stream(server, transport,
+                            {**s1, "patterns": "s.*", "snapshot": "1"}) as stream:
             records, position = read_snapshot(stream)
             stop_writing()
             after = [i for i in history_ids(server.url, patterns="s.*", **s1) if i > position]

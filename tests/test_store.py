@@ -3,7 +3,9 @@ live, paged listing at a known position, the log and its paged reader, and vecto
 from __future__ import annotations
 
 import struct
+import threading
 import time
+from contextlib import contextmanager
 from typing import Any, Iterator
 
 import pytest
@@ -11,7 +13,7 @@ import pytest
 from app.core.errors import VersionConflict
 from app.core.filters import EventFilter, LogFilter
 from app.core.records import Author
-from app.store import Store, open_store
+from app.store import Store, StoreUnavailable, open_store
 from app.store import logreader
 
 from .conftest import every_store, wait_until
@@ -53,7 +55,8 @@ def test_a_record_carries_the_id_of_the_event_that_last_changed_it(store):
     assert (first.version, second.version) == (1, 2)
     assert second.created_at == first.created_at and store.get("global", "global", "k") == second
     [set1, set2] = next(store.read_log(LogFilter(), 0))
-    assert b'"metadata":{"agent_id":"node","actor_id":"actor","workflow_id":"wf"}' in set1.json_bytes
+    metadata = b'"metadata":{"agent_id":"node","actor_id":"actor","workflow_id":"wf"}'
+    assert metadata in set1.json_bytes
     assert b'"previous_data":{"v":1}' in set2.json_bytes
 
 
@@ -87,7 +90,8 @@ def test_an_expired_record_is_gone_at_once_and_its_removal_logged_once(store):
     assert store.expire(100) == 1 and store.expire(100) == 0
     [*_, removal] = next(store.read_log(LogFilter(), 0))
     assert removal.action == "delete" and removal.key == "lease"
-    assert b'"reason":"expired"' in removal.json_bytes and b'"previous_data":"mine"' in removal.json_bytes
+    assert b'"reason":"expired"' in removal.json_bytes
+    assert b'"previous_data":"mine"' in removal.json_bytes
 
 
 def test_a_write_to_an_expired_key_logs_the_expiry_first(store):
@@ -242,3 +246,63 @@ def test_the_store_answers_across_connections(db_url, store):
         wait_until(lambda: other.get("global", "global", "k") is not None)
     finally:
         other.close()
+
+
+# -- group commit ----------------------------------------------------------------------------
+
+def test_writes_that_arrive_together_share_one_transaction_and_keep_their_own_answers(store):
+    store.set("global", "global", "taken", "0", NOBODY)
+    opened, gate, entered = [], threading.Event(), threading.Event()
+    transaction = store._group._transaction  # type: ignore[attr-defined]
+
+    @contextmanager
+    def counted():
+        opened.append(1)
+        if len(opened) == 1:  # the first holds its transaction while the others arrive
+            entered.set()
+            gate.wait(10)
+        with transaction() as cur:
+            yield cur
+    store._group._transaction = counted  # type: ignore[attr-defined]
+    answers: dict[str, object] = {}
+
+    def write(n: int) -> None:
+        try:
+            answers[f"k.{n}"] = store.set("global", "global", f"k.{n}", str(n), NOBODY).version
+        except VersionConflict as conflict:
+            answers[f"k.{n}"] = conflict
+
+    def refused() -> None:
+        try:
+            store.set("global", "global", "taken", "1", NOBODY, if_version=0)
+        except VersionConflict as conflict:
+            answers["taken"] = conflict
+
+    first = threading.Thread(target=write, args=(0,))
+    first.start()
+    assert entered.wait(10)
+    others = [threading.Thread(target=write, args=(n,)) for n in range(1, 16)]
+    others.append(threading.Thread(target=refused))
+    for thread in others:
+        thread.start()
+    wait_until(lambda: len(store._group._waiting) == 16,  # type: ignore[attr-defined]
+               message=f"16 waiting writes: {store._group._waiting}")
+    gate.set()
+    for thread in [first, *others]:
+        thread.join(10)
+    assert len(opened) == 2  # the first alone, then the sixteen that waited for it
+    assert isinstance(answers.pop("taken"), VersionConflict)
+    assert sorted(answers.values()) == list(range(2, 18))  # each its own event
+    assert store.get("global", "global", "taken").data == "0"
+
+
+def test_a_transaction_that_fails_fails_every_write_in_it(store):
+    @contextmanager
+    def broken():
+        raise StoreUnavailable("disk full")
+        yield
+    store._group._transaction = broken  # type: ignore[attr-defined]
+    with pytest.raises(StoreUnavailable):
+        store.set("global", "global", "k", "1", NOBODY)
+    store._group._transaction = store._write  # type: ignore[attr-defined]
+    assert store.set("global", "global", "k", "1", NOBODY).version == 1

@@ -110,7 +110,8 @@ class Stream:
             if unwatch is not None:
                 unwatch()
             self.broker.unsubscribe(subscriber)
-            self.metrics.closed(self.transport, self.reason)
+            # a reader cut off for overflow may die writing what it had before it hears so
+            self.metrics.closed(self.transport, subscriber.ended or self.reason)
 
     def _end(self, reason: EndReason, subscriber: Subscriber) -> End:
         """The last item; its reason is kept first, as the transport stops iterating at it."""

@@ -35,7 +35,7 @@ Delivered = Callable[[str, list[Bundle]], None]
 class Subscriber:
     __slots__ = ("selection", "start_id", "transport", "_floor", "_sent_id", "_wrote_at",
                  "_max_events", "_max_bytes", "_items", "_events", "_bytes", "_lock", "_ready",
-                 "_writer", "_idle", "_delivered", "__weakref__")
+                 "_writer", "_idle", "_delivered", "ended", "__weakref__")
 
     def __init__(self, selection: EventFilter, start_id: int, transport: str, max_events: int,
                  max_bytes: int, delivered: Delivered) -> None:
@@ -55,6 +55,8 @@ class Subscriber:
         self._writer: DirectWrite | None = None
         self._idle = False  # waiting in ``take`` with nothing queued and nothing unsent
         self._delivered = delivered
+        #: why the broker or the client ended it, first reason only
+        self.ended: EndReason | None = None
 
     # -- what the stream keeps track of --------------------------------------------------
     @property
@@ -136,6 +138,7 @@ class Subscriber:
 
     def close(self, reason: EndReason) -> None:
         """Drop what is waiting (a stuck reader holds no memory) and queue the end."""
+        self.ended = self.ended or reason
         with self._lock:
             self._items.clear()
             self._items.append(Close(reason))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -23,8 +23,8 @@ from ..wire import dump, utc_text
 Offload = Callable[..., Any]
 
 METRICS = ("cosine", "dot", "l2")
-#: vector changes read per query while catching up
-CHANGES_PAGE = 2000
+#: vector changes read (and applied) per query while catching up: a short hold of the worker
+CHANGES_PAGE = 500
 #: matrices kept per process, least recently searched dropped first
 CACHE_BYTES = 1 << 30
 #: how many more candidates than asked for are scored again exactly
@@ -187,8 +187,11 @@ class ScopeIndex:
             self.matrices[old[0]].kill(old[1])
         if change.embedding is not None:
             values = np.frombuffer(change.embedding, dtype="<f4")
-            matrix = self.matrices.setdefault(len(values), Matrix(len(values)))
-            self.where[change.key] = (len(values), matrix.append(change, values))
+            matrix = self.matrices.get(len(values))
+            if matrix is None:
+                matrix = self.matrices[len(values)] = Matrix(len(values))
+            row = matrix.append(replace(change, embedding=None), values)  # held once: here
+            self.where[change.key] = (len(values), row)
         self.seq = change.seq
 
     def compact(self) -> None:

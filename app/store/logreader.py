@@ -50,9 +50,14 @@ class LogSource(Protocol):
         """The events with these ids that pass ``where``, in order."""
 
 
+#: the pause between two queries of one read
+PAUSE_SECONDS = 0.0001
+
+
 def pause() -> None:
-    """Let other greenlets (or threads) run between two queries of one read."""
-    time.sleep(0)
+    """Let the worker serve others between two queries of one read: a sleep, however short,
+    lets gevent's loop look at its sockets, which ``sleep(0)`` does only now and then."""
+    time.sleep(PAUSE_SECONDS)
 
 
 def read_log(source: LogSource, where: LogFilter, after_id: int, upto_id: int | None = None,

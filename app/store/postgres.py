@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Sequence
 
@@ -27,6 +28,8 @@ CHANNEL = "memory_events"
 LOG_LOCK = int.from_bytes(b"memevlog", "big")
 #: how long a request waits for a pooled connection before it answers 503
 POOL_TIMEOUT_SECONDS = 2.0
+#: a pooled connection idle for longer than this is tested before it is handed out
+CHECK_IDLE_SECONDS = 1.0
 #: how long the pool retries one lost connection before giving it up; the next request that
 #: finds the pool empty starts a fresh attempt at once, so a restarted server is found quickly
 RECONNECT_SECONDS = 4.0
@@ -64,8 +67,9 @@ class PostgresStore(SqlStore):
 
     **Failures.** Any connection failure or pool timeout becomes ``StoreUnavailable`` (503 and
     ``Retry-After`` for requests, a retry for the follower). Timeouts are short so requests do
-    not pile up while the server is away, and a checked-out connection is tested first, so the
-    first requests after a restart do not fail on connections the restart broke.
+    not pile up while the server is away, and a checked-out connection that has been idle for
+    a while is tested first, so the first requests after a restart do not fail on connections
+    the restart broke (one in steady use is not: the test is a round trip).
     """
 
     param = "%s"
@@ -76,12 +80,15 @@ class PostgresStore(SqlStore):
     pool_size = 5
 
     def __init__(self, url: str) -> None:
+        super().__init__()
         self.url = url
         self._pool = ConnectionPool(
             url, min_size=1, max_size=self.pool_size, open=False, name="memory-events",
             timeout=POOL_TIMEOUT_SECONDS, reconnect_timeout=RECONNECT_SECONDS,
             kwargs={"autocommit": True, **CONNECTION_OPTIONS},
-            configure=self._configure, check=ConnectionPool.check_connection)
+            configure=self._configure, check=self._check, reset=self._returned)
+        self._used: weakref.WeakKeyDictionary[psycopg.Connection, float] = (
+            weakref.WeakKeyDictionary())
         self._pool.open()
         try:
             with self._write() as cur:
@@ -93,6 +100,13 @@ class PostgresStore(SqlStore):
     @staticmethod
     def _configure(conn: psycopg.Connection) -> None:
         conn.execute(SESSION_SETUP)
+
+    def _returned(self, conn: psycopg.Connection) -> None:
+        self._used[conn] = time.monotonic()
+
+    def _check(self, conn: psycopg.Connection) -> None:
+        if time.monotonic() - self._used.get(conn, 0.0) > CHECK_IDLE_SECONDS:
+            ConnectionPool.check_connection(conn)
 
     @contextmanager
     def _connection(self) -> Iterator[psycopg.Connection]:
@@ -123,6 +137,10 @@ class PostgresStore(SqlStore):
         event_id = super()._insert_event(cur, *values)
         cur.execute(f"NOTIFY {CHANNEL}")
         return event_id
+
+    def _log_many(self, cur: Any, rows: list[tuple]) -> None:
+        super()._log_many(cur, rows)
+        cur.execute(f"NOTIFY {CHANNEL}")
 
     def _has_column(self, cur: Any, table: str, column: str) -> bool:
         cur.execute("SELECT 1 FROM information_schema.columns WHERE table_schema = "

@@ -15,6 +15,7 @@ from ..core.filters import KeyRange, LogFilter, successor
 from ..core.globs import shape
 from ..core.records import Author, Record
 from . import logreader
+from .batch import GroupCommit
 from .interface import Listing, StoredVector
 
 EXPIRED = "expired"
@@ -22,6 +23,8 @@ EXPIRED = "expired"
 EVENT_COLUMNS = ("id, epoch, scope, scope_id, key, action, data, previous_data, agent_id, "
                  "actor_id, workflow_id, reason")
 RECORD_COLUMNS = "key, data, scope, scope_id, created_at, updated_at, version, expires_at"
+INSERT_EVENT = ("INSERT INTO events (epoch, scope, scope_id, key, action, data, previous_data, "
+                "agent_id, actor_id, workflow_id, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 VECTOR_COLUMNS = "scope, scope_id, key, embedding, metadata, created_at, updated_at, seq"
 
 SCHEMA = (
@@ -86,6 +89,10 @@ class SqlStore:
     blob = "BLOB"
     #: how often a follower looks for writes it was not told about (other processes)
     poll_seconds = 0.25
+
+    def __init__(self) -> None:
+        #: memory writes made at the same moment in this process share a transaction
+        self._group = GroupCommit(self._write)
 
     # -- provided by each database -----------------------------------------------------------
     @contextmanager
@@ -170,13 +177,16 @@ class SqlStore:
                   after: tuple[str, str] | None, limit: int | None) -> Listing:
         sql = f"SELECT {RECORD_COLUMNS} FROM memory WHERE scope = ?"
         args: list = [scope]
+        # The cursor is where the primary key's range starts, so a page costs its own size.
         if scope_id is not None:
             sql += " AND scope_id = ?"
             args.append(scope_id)
-        sql, args = self._prefix(sql, args, prefix)
-        if after is not None:
-            sql += " AND (scope_id > ? OR (scope_id = ? AND key > ?))"
-            args += [after[0], after[0], after[1]]
+            sql, args = self._prefix(sql, args, prefix, after[1] if after else None)
+        else:
+            sql, args = self._prefix(sql, args, prefix)
+            if after is not None:
+                sql += " AND (scope_id, key) > (?, ?)"
+                args += [after[0], after[1]]
         sql += " AND (expires_at IS NULL OR expires_at > ?) ORDER BY scope_id, key"
         args.append(now())
         if limit is not None:
@@ -190,14 +200,19 @@ class SqlStore:
         more = limit is not None and len(rows) > limit
         return Listing(records, head, (records[-1].scope_id, records[-1].key) if more else None)
 
-    def _prefix(self, sql: str, args: list, prefix: str | None) -> tuple[str, list]:
-        if prefix:
+    def _prefix(self, sql: str, args: list, prefix: str | None,
+                after: str | None = None) -> tuple[str, list]:
+        """Keys that start with ``prefix`` and come after ``after``, as one range."""
+        if after is not None:
+            sql += " AND key > ?"
+            args.append(after)
+        elif prefix:
             sql += " AND key >= ?"
             args.append(prefix)
-            high = successor(prefix)
-            if high is not None:
-                sql += " AND key < ?"
-                args.append(high)
+        high = successor(prefix) if prefix else None
+        if high is not None:
+            sql += " AND key < ?"
+            args.append(high)
         return sql, args
 
     def records(self, where: LogFilter, after: tuple[str, str, str] | None,
@@ -209,8 +224,10 @@ class SqlStore:
         for span in ranges:
             if after is not None and span.high is not None and after[0] >= span.high:
                 continue
-            sql = f"SELECT {RECORD_COLUMNS} FROM memory WHERE key >= ?"
-            args: list = [span.low]
+            resume = after is not None and after[0] >= span.low
+            sql = f"SELECT {RECORD_COLUMNS} FROM memory WHERE "  # one lower bound: the index's
+            sql += "(key, scope, scope_id) > (?, ?, ?)" if resume else "key >= ?"
+            args: list = list(after) if resume else [span.low]  # type: ignore[arg-type]
             if span.high is not None:
                 sql += " AND key < ?"
                 args.append(span.high)
@@ -218,11 +235,8 @@ class SqlStore:
                 if value is not None:
                     sql += f" AND {column} = ?"
                     args.append(value)
-            if after is not None:
-                sql += (" AND (key > ? OR (key = ? AND (scope > ? OR (scope = ? "
-                        "AND scope_id > ?))))")
-                args += [after[0], after[0], after[1], after[1], after[2]]
-            sql += " AND (expires_at IS NULL OR expires_at > ?) ORDER BY key, scope, scope_id LIMIT ?"
+            sql += (" AND (expires_at IS NULL OR expires_at > ?) "
+                    "ORDER BY key, scope, scope_id LIMIT ?")
             args += [now(), limit - len(found)]
             with self._read() as cur:
                 cur.execute(self._sql(sql), tuple(args))
@@ -246,35 +260,42 @@ class SqlStore:
     def set(self, scope: str, scope_id: str, key: str, data: str, author: Author,
             if_version: int | None = None, ttl_seconds: float | None = None) -> Record:
         self._precheck(scope, scope_id, key, if_version)
-        with self._write() as cur:
-            moment = now()
-            old = self._current(cur, scope, scope_id, key, moment)
-            _check_version(old, if_version)
-            event_id = self._insert_event(cur, moment, scope, scope_id, key, "set", data,
-                                          old.data if old else None, author)
-            expires_at = round(moment + ttl_seconds, 6) if ttl_seconds else None
-            if old is None:
-                cur.execute(self._sql(
-                    "INSERT INTO memory (scope, scope_id, key, data, created_at, updated_at, "
-                    "version, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"),
-                    (scope, scope_id, key, data, moment, moment, event_id, expires_at))
-            else:
-                cur.execute(self._sql("UPDATE memory SET data = ?, updated_at = ?, version = ?, "
-                                      "expires_at = ? WHERE scope = ? AND scope_id = ? "
-                                      "AND key = ?"),
-                            (data, moment, event_id, expires_at, scope, scope_id, key))
+        return self._group.run(lambda cur: self._set(cur, scope, scope_id, key, data, author,
+                                                     if_version, ttl_seconds))
+
+    def _set(self, cur: Any, scope: str, scope_id: str, key: str, data: str, author: Author,
+             if_version: int | None, ttl_seconds: float | None) -> Record:
+        moment = now()
+        old = self._current(cur, scope, scope_id, key, moment)
+        _check_version(old, if_version)
+        event_id = self._insert_event(cur, moment, scope, scope_id, key, "set", data,
+                                      old.data if old else None, author)
+        expires_at = round(moment + ttl_seconds, 6) if ttl_seconds else None
+        if old is None:
+            cur.execute(self._sql(
+                "INSERT INTO memory (scope, scope_id, key, data, created_at, updated_at, "
+                "version, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"),
+                (scope, scope_id, key, data, moment, moment, event_id, expires_at))
+        else:
+            cur.execute(self._sql("UPDATE memory SET data = ?, updated_at = ?, version = ?, "
+                                  "expires_at = ? WHERE scope = ? AND scope_id = ? "
+                                  "AND key = ?"),
+                        (data, moment, event_id, expires_at, scope, scope_id, key))
         return Record(key, data, scope, scope_id, old.created_at if old else moment, moment,
                       event_id, expires_at)
 
     def delete(self, scope: str, scope_id: str, key: str, author: Author,
                if_version: int | None = None) -> Record | None:
         self._precheck(scope, scope_id, key, if_version)
-        with self._write() as cur:
-            moment = now()
-            old = self._current(cur, scope, scope_id, key, moment)
-            _check_version(old, if_version)
-            if old is None:
-                return None
+        return self._group.run(lambda cur: self._delete(cur, scope, scope_id, key, author,
+                                                        if_version))
+
+    def _delete(self, cur: Any, scope: str, scope_id: str, key: str, author: Author,
+                if_version: int | None) -> Record | None:
+        moment = now()
+        old = self._current(cur, scope, scope_id, key, moment)
+        _check_version(old, if_version)
+        if old is not None:
             self._remove(cur, old, moment, author, None)
         return old
 
@@ -303,12 +324,17 @@ class SqlStore:
             cur.execute(due, (moment, 1))
             if cur.fetchone() is None:
                 return 0
-        with self._write() as cur:
-            cur.execute(due, (moment, limit))
-            rows = cur.fetchall()
-            for scope, scope_id, key in rows:
-                self._current(cur, scope, scope_id, key, moment)
-        return len(rows)
+        with self._write() as cur:  # two statements for the whole batch, not a few per record
+            cur.execute(self._sql(f"SELECT {RECORD_COLUMNS} FROM memory WHERE expires_at IS NOT "
+                                  "NULL AND expires_at <= ? ORDER BY expires_at LIMIT ?"),
+                        (moment, limit))
+            expired = [Record(*row) for row in cur.fetchall()]
+            cur.executemany(self._sql("DELETE FROM memory WHERE scope = ? AND scope_id = ? "
+                                      "AND key = ?"),
+                            [(old.scope, old.scope_id, old.key) for old in expired])
+            self._log_many(cur, [(moment, old.scope, old.scope_id, old.key, "delete", None,
+                                  old.data, "", "", "", EXPIRED) for old in expired])
+        return len(expired)
 
     def next_expiry(self) -> float | None:
         with self._read() as cur:
@@ -318,12 +344,14 @@ class SqlStore:
     def _insert_event(self, cur: Any, moment: float, scope: str, scope_id: str, key: str,
                       action: str, data: str | None, previous_data: str | None, author: Author,
                       reason: str | None = None) -> int:
-        cur.execute(self._sql("INSERT INTO events (epoch, scope, scope_id, key, action, data, "
-                              "previous_data, agent_id, actor_id, workflow_id, reason) "
-                              "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id"),
+        cur.execute(self._sql(INSERT_EVENT + " RETURNING id"),
                     (moment, scope, scope_id, key, action, data, previous_data, author.agent_id,
                      author.actor_id, author.workflow_id, reason))
         return cur.fetchone()[0]
+
+    def _log_many(self, cur: Any, rows: list[tuple]) -> None:
+        """Events whose ids nobody waits for, in one statement."""
+        cur.executemany(self._sql(INSERT_EVENT), rows)
 
     # -- the log -----------------------------------------------------------------------------
     def head_id(self) -> int:
@@ -509,9 +537,11 @@ class SqlStore:
 
     def vector_head(self, scope: str, scope_id: str) -> tuple[int, int]:
         with self._read() as cur:
-            cur.execute(self._sql("SELECT MAX(seq) FROM vectors WHERE scope = ? AND scope_id = ?"),
-                        (scope, scope_id))
-            head = cur.fetchone()[0] or 0
+            # the newest by the index, one entry, whatever the planner knows of the table
+            cur.execute(self._sql("SELECT seq FROM vectors WHERE scope = ? AND scope_id = ? "
+                                  "ORDER BY seq DESC LIMIT 1"), (scope, scope_id))
+            row = cur.fetchone()
+            head = row[0] if row else 0
             return head, self._meta(cur, "vectors_forgotten_through")
 
 

@@ -6,6 +6,7 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
@@ -16,6 +17,10 @@ from .sql import SqlStore
 log = logging.getLogger(__name__)
 
 MEMORY = ":memory:"
+#: how long a write waits for another process's to end before it answers 503
+LOCK_SECONDS = 10.0
+#: the first and the longest pause between two tries of the write lock
+LOCK_PAUSE = (0.0002, 0.002)
 
 
 class SqliteStore(SqlStore):
@@ -34,6 +39,7 @@ class SqliteStore(SqlStore):
     poll_seconds = 0.25  # a safety net: the doorbell wakes other processes' followers at once
 
     def __init__(self, path: str) -> None:
+        super().__init__()
         self.path = path
         self._in_memory = path == MEMORY
         if not self._in_memory:
@@ -50,7 +56,7 @@ class SqliteStore(SqlStore):
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                               timeout=10.0)
+                               timeout=LOCK_SECONDS)
         if not self._in_memory:
             conn.execute("PRAGMA journal_mode=WAL")
             # NORMAL in WAL mode survives any crash of the process (kill -9); only a power loss
@@ -100,14 +106,36 @@ class SqliteStore(SqlStore):
             finally:
                 cur.execute("COMMIT")
 
+    @staticmethod
+    def _begin_write(cur: sqlite3.Cursor) -> None:
+        """Take the write lock, waiting for another process's write to end.
+
+        SQLite's own busy handler waits by sleeping inside the call, which under gevent stops
+        every request and stream of the worker, in steps of up to 100 ms. So the lock is tried
+        without waiting, and the wait between tries is a sleep that lets the worker go on
+        (where more writes gather to share the next transaction).
+        """
+        deadline = time.monotonic() + LOCK_SECONDS
+        pause = LOCK_PAUSE[0]
+        cur.execute("PRAGMA busy_timeout = 0")
+        try:
+            while True:
+                try:
+                    cur.execute("BEGIN IMMEDIATE")
+                    return
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) or time.monotonic() > deadline:
+                        raise StoreUnavailable(str(exc)) from exc
+                time.sleep(pause)
+                pause = min(pause * 2, LOCK_PAUSE[1])
+        finally:
+            cur.execute(f"PRAGMA busy_timeout = {int(LOCK_SECONDS * 1000)}")
+
     @contextmanager
     def _write(self) -> Iterator[Any]:
         with self._connection() as conn:
             cur = conn.cursor()
-            try:
-                cur.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                raise StoreUnavailable(str(exc)) from exc
+            self._begin_write(cur)
             try:
                 yield cur
                 conn.commit()
