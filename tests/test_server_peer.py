@@ -119,7 +119,7 @@ class Worker:
 
 worker = Worker()
 hooks.post_worker_init(worker)
-environ = {"gunicorn.socket": object()}
+environ = {"gunicorn.socket": __import__("socket").socket()}
 print(type(worker.wsgi(environ, lambda *args: None)[0]).__name__)
 """
 
