@@ -6,7 +6,7 @@ Only the standard library is imported here, so the server and the client share i
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+import time
 from enum import Enum
 
 API_PREFIX = "/api/v1"
@@ -34,12 +34,21 @@ class ResetReason(str, Enum):
 
 def utc_text(epoch: float) -> str:
     """RFC 3339 with microseconds and a ``Z``: what every timestamp on the wire looks like."""
-    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    seconds = int(epoch)
+    micro = round((epoch - seconds) * 1e6)
+    if micro == 1_000_000:
+        seconds, micro = seconds + 1, 0
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + ".%06dZ" % micro
 
 
 def dump(value: object) -> str:
     """Compact JSON, stored as text so it is embedded in answers without parsing it again."""
+    if type(value) is str:
+        return _text(value)  # what ``dumps`` gives for a string, without its overhead
     return json.dumps(value, separators=(",", ":"))
+
+
+_text = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
 
 
 def record_json(key: str, data: str, scope: str, scope_id: str, created_at: float,

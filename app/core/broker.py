@@ -61,6 +61,15 @@ class Broker:
         if not group:
             del self._groups[subscriber.selection]
 
+    def skip_to(self, head_id: int) -> bool:
+        """Move the head to ``head_id`` without the events, if no one subscribes: a subscriber
+        that comes later starts after it, and the events up to it were committed before."""
+        with self._lock:
+            if self._count:
+                return False
+            self.head_id = max(self.head_id, head_id)
+            return True
+
     def publish(self, events: list[Event]) -> None:
         """Hand events, in log order, to every subscriber whose filter accepts them."""
         overflowed: list[Subscriber] = []

@@ -6,8 +6,10 @@ the write lock, the transaction and the commit, which cost more than the stateme
 that is refused (a version conflict) changes nothing and does not disturb the others; a
 transaction that fails fails every write in it.
 
-The first writer to arrive leads: it lets the others that are ready join (one pass of the
-scheduler), commits them all, and hands the lead to the first of those that arrived meanwhile.
+The first writer to arrive leads: it lets the others that are ready join, commits them all,
+and hands the lead to the first of those that arrived meanwhile. With threads, the others
+arrive while the leader's statements run (SQLite lets go of the GIL); under gevent they run
+only when it yields, so there the leader first gives them one pass of the scheduler.
 """
 from __future__ import annotations
 
@@ -44,6 +46,8 @@ class GroupCommit:
         self._lock = threading.Lock()
         self._waiting: list[_Slot] = []
         self._leading = False
+        #: greenlets, not threads: only a yield lets other writes reach the queue
+        self._cooperative = time.sleep.__module__.startswith("gevent")
 
     def run(self, write: Callable[[Any], T]) -> T:
         """``write(cursor)`` inside a write transaction; its result once committed."""
@@ -59,7 +63,8 @@ class GroupCommit:
         return slot.outcome()
 
     def _commit(self) -> None:
-        time.sleep(0)  # the requests that are ready reach their write and join this one
+        if self._cooperative:
+            time.sleep(0)  # the requests that are ready reach their write and join this one
         with self._lock:
             batch, self._waiting = self._waiting, []
         try:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import sqlite3
 import threading
 import time
@@ -12,6 +11,7 @@ from typing import Any, Callable, Iterator
 
 from .doorbell import Doorbell
 from .interface import StoreUnavailable
+from .pool import FairPool
 from .sql import SqlStore
 
 log = logging.getLogger(__name__)
@@ -44,19 +44,18 @@ class SqliteStore(SqlStore):
         self._in_memory = path == MEMORY
         if not self._in_memory:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        self._pool: queue.LifoQueue[sqlite3.Connection] = queue.LifoQueue()
-        self._size = 1 if self._in_memory else self.pool_size
-        self._opened = 0
-        self._opening = threading.Lock()
+        self._pool = FairPool(self._open, 1 if self._in_memory else self.pool_size)
         self._doorbell = None if self._in_memory else Doorbell(path)
+        self._writing = threading.Lock()
+        self._write_conn: sqlite3.Connection | None = None
         with self._write() as cur:
             self._create_schema(cur)
         if not self._in_memory:
             self.close()  # connections are opened again on use, so none crosses a fork
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self, timeout: float = LOCK_SECONDS) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                               timeout=LOCK_SECONDS)
+                               timeout=timeout)
         if not self._in_memory:
             conn.execute("PRAGMA journal_mode=WAL")
             # NORMAL in WAL mode survives any crash of the process (kill -9); only a power loss
@@ -64,23 +63,15 @@ class SqliteStore(SqlStore):
             conn.execute("PRAGMA synchronous=NORMAL")
         return conn
 
+    def _open(self) -> sqlite3.Connection:
+        try:
+            return self._connect()
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(str(exc)) from exc
+
     @contextmanager
     def _connection(self) -> Iterator[sqlite3.Connection]:
-        try:
-            conn = self._pool.get_nowait()
-        except queue.Empty:
-            with self._opening:
-                grow = self._opened < self._size
-                self._opened += grow
-            if grow:
-                try:
-                    conn = self._connect()
-                except sqlite3.Error as exc:
-                    with self._opening:
-                        self._opened -= 1
-                    raise StoreUnavailable(str(exc)) from exc
-            else:
-                conn = self._pool.get()
+        conn = self._pool.get()
         try:
             yield conn
         finally:
@@ -106,6 +97,22 @@ class SqliteStore(SqlStore):
             finally:
                 cur.execute("COMMIT")
 
+    @contextmanager
+    def _writer(self) -> Iterator[sqlite3.Connection]:
+        """The process's one writing connection: SQLite lets one writer in at a time anyway.
+        It never waits inside SQLite for the lock (see ``_begin_write``)."""
+        if self._in_memory:  # one connection holds the whole database
+            with self._connection() as conn:
+                yield conn
+            return
+        with self._writing:
+            if self._write_conn is None:
+                try:
+                    self._write_conn = self._connect(timeout=0)
+                except sqlite3.Error as exc:
+                    raise StoreUnavailable(str(exc)) from exc
+            yield self._write_conn
+
     @staticmethod
     def _begin_write(cur: sqlite3.Cursor) -> None:
         """Take the write lock, waiting for another process's write to end.
@@ -117,23 +124,19 @@ class SqliteStore(SqlStore):
         """
         deadline = time.monotonic() + LOCK_SECONDS
         pause = LOCK_PAUSE[0]
-        cur.execute("PRAGMA busy_timeout = 0")
-        try:
-            while True:
-                try:
-                    cur.execute("BEGIN IMMEDIATE")
-                    return
-                except sqlite3.OperationalError as exc:
-                    if "locked" not in str(exc) or time.monotonic() > deadline:
-                        raise StoreUnavailable(str(exc)) from exc
-                time.sleep(pause)
-                pause = min(pause * 2, LOCK_PAUSE[1])
-        finally:
-            cur.execute(f"PRAGMA busy_timeout = {int(LOCK_SECONDS * 1000)}")
+        while True:
+            try:
+                cur.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise StoreUnavailable(str(exc)) from exc
+            time.sleep(pause)
+            pause = min(pause * 2, LOCK_PAUSE[1])
 
     @contextmanager
     def _write(self) -> Iterator[Any]:
-        with self._connection() as conn:
+        with self._writer() as conn:
             cur = conn.cursor()
             self._begin_write(cur)
             try:
@@ -163,10 +166,9 @@ class SqliteStore(SqlStore):
                         self._doorbell.directory, exc, self.poll_seconds)
 
     def close(self) -> None:
-        while True:
-            try:
-                self._pool.get_nowait().close()
-            except queue.Empty:
-                break
-            with self._opening:
-                self._opened -= 1
+        with self._writing:
+            if self._write_conn is not None:
+                self._write_conn.close()
+                self._write_conn = None
+        for conn in self._pool.drain():
+            conn.close()

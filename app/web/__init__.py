@@ -44,7 +44,7 @@ def init_app(app: Flask, config: Mapping[str, Any] | None = None) -> Service:
                                          "subprotocols": [WS_PROTOCOL]}
     app.extensions[EXTENSION] = service
     register_error_handlers(app)
-    security.install(app)
+    security.install(app, settings.cors_origins)
     for blueprint in (memory, vectors, events):
         app.register_blueprint(blueprint, url_prefix=API_PREFIX)
     app.register_blueprint(ops)

@@ -58,14 +58,14 @@ def refuse_foreign_origins() -> None:
                       f"Origin '{origin}' is not allowed; list it in MEMORY_CORS_ORIGINS.")
 
 
-def install(app: Flask) -> None:
+def install(app: Flask, allowed: tuple[str, ...]) -> None:
+    """The origin check, and CORS headers when some other origins are allowed."""
     app.before_request(refuse_foreign_origins)
+    if not allowed:
+        return
 
     @app.after_request
     def _cors(response: Response) -> Response:
-        allowed = current_service().settings.cors_origins
-        if not allowed:
-            return response
         response.vary.add("Origin")
         origin = (request.headers.get("Origin") or "").rstrip("/")
         if origin.lower() not in allowed:
