@@ -26,6 +26,7 @@ class Broker:
         self._delivered = delivered
         self._lock = threading.Lock()
         self._groups: dict[EventFilter, set[Subscriber]] = {}
+        self._canonical: dict[EventFilter, EventFilter] = {}  # each group's own filter
         self._count = 0
         self._closed: EndReason | None = None
 
@@ -37,8 +38,11 @@ class Broker:
         return self._closed is not None
 
     def subscribe(self, selection: EventFilter, transport: str) -> Subscriber:
-        """Register a subscriber; every event published after ``head_id`` reaches it."""
+        """Register a subscriber; every event published after ``head_id`` reaches it. Its
+        ``selection`` is the group's own, so equal filters are held once."""
         with self._lock:
+            if self._closed is None:
+                selection = self._canonical.setdefault(selection, selection)
             subscriber = Subscriber(selection, self.head_id, transport, self.max_events,
                                     self.max_bytes, self._delivered)
             if self._closed is not None:
@@ -60,6 +64,7 @@ class Broker:
         self._count -= 1
         if not group:
             del self._groups[subscriber.selection]
+            del self._canonical[subscriber.selection]
 
     def skip_to(self, head_id: int) -> bool:
         """Move the head to ``head_id`` without the events, if no one subscribes: a subscriber
@@ -89,6 +94,7 @@ class Broker:
                 self._count -= 1
             for selection in [s for s, group in self._groups.items() if not group]:
                 del self._groups[selection]
+                del self._canonical[selection]
             if events:
                 self.head_id = events[-1].id
 
@@ -100,4 +106,5 @@ class Broker:
                 for subscriber in group:
                     subscriber.close(reason)
             self._groups.clear()
+            self._canonical.clear()
             self._count = 0

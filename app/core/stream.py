@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass
-from typing import Iterator, Union
+from typing import Any, Callable, Iterator, Union
 
 from ..settings import Settings
 from ..store import Store
@@ -72,9 +72,20 @@ class End:
 Item = Union[Opened, Idle, Batch, Reset, Snapshot, SnapshotEnd, End]
 
 
+def _as_is(item: Item) -> Item:
+    return item
+
+
 class Stream:
     """One subscriber's stream. ``lifetime=False`` keeps it open for as long as the client
-    stays (for clients that cannot resume); ``snapshot=True`` sends the current records first."""
+    stays (for clients that cannot resume); ``snapshot=True`` sends the current records first.
+
+    ``frame``, which a transport may set before iterating, turns each item into what it
+    writes, so that an idle stream's stack holds one generator, not two.
+    """
+
+    __slots__ = ("store", "broker", "settings", "metrics", "selection", "last_event_id",
+                 "transport", "peer", "snapshot", "lifetime", "reason", "frame")
 
     def __init__(self, store: Store, broker: Broker, settings: Settings, metrics: Metrics,
                  selection: EventFilter, last_event_id: int | None, transport: str,
@@ -90,22 +101,55 @@ class Stream:
         self.snapshot = snapshot
         self.lifetime = lifetime
         self.reason = EndReason.CLIENT  # why it ended, once it has
+        self.frame: Callable[[Item], Any] = _as_is
 
-    def __iter__(self) -> Iterator[Item]:
+    def __iter__(self) -> Iterator[Any]:
         subscriber = self.broker.subscribe(self.selection, self.transport)
+        self.selection = subscriber.selection  # the group's: the request's copy can go
         self.metrics.opened(self.transport)
         self.reason = EndReason.CLIENT
         unwatch = self.peer.watch_close(subscriber.hang_up) if self.peer else None
+        frame = self.frame
         try:
-            yield Opened()
+            yield frame(Opened())
             reset = None
             if self.last_event_id is not None:
-                reset = yield from self._replay(subscriber)
+                reset = yield from self._replay(subscriber, frame)
                 if reset is not None and not self.snapshot:
-                    yield reset
+                    yield frame(reset)
             if self.snapshot and (self.last_event_id is None or reset is not None):
-                yield from self._snapshot(subscriber)
-            yield from self._live(subscriber)
+                yield from self._snapshot(subscriber, frame)
+            # Live, in this frame rather than a generator of its own: an idle stream keeps its
+            # whole stack while it waits, and each level costs memory.
+            heartbeat = self.settings.heartbeat_seconds
+            deadline = float("inf")
+            if self.lifetime:
+                deadline = (time.monotonic()
+                            + self.settings.stream_max_seconds * random.uniform(0.8, 1.0))
+            if self.peer is not None:
+                subscriber.attach(self.peer.direct_writer())
+            while True:
+                now = time.monotonic()
+                if now >= deadline:
+                    yield frame(self._end(EndReason.LIFETIME, subscriber))
+                    return
+                quiet_until = subscriber.wrote_at + heartbeat
+                if now >= quiet_until:
+                    yield frame(Idle())
+                    subscriber.wrote()
+                    continue
+                items = subscriber.take(min(quiet_until, deadline) - now, BATCH_EVENTS,
+                                        BUNDLE_BYTES)
+                if not items:
+                    continue
+                close = items.pop() if isinstance(items[-1], Close) else None
+                batch = subscriber.newer(items)  # type: ignore[arg-type]
+                if batch:
+                    yield frame(Batch(batch))
+                    subscriber.sent(batch)
+                if close is not None:
+                    yield frame(self._end(close.reason, subscriber))
+                    return
         finally:
             if unwatch is not None:
                 unwatch()
@@ -118,38 +162,7 @@ class Stream:
         self.reason = reason
         return End(reason, subscriber.last_id)
 
-    def _live(self, subscriber: Subscriber) -> Iterator[Item]:
-        """Events as they come, keepalives in silences, until the stream ends."""
-        heartbeat = self.settings.heartbeat_seconds
-        deadline = float("inf")
-        if self.lifetime:
-            deadline = (time.monotonic()
-                        + self.settings.stream_max_seconds * random.uniform(0.8, 1.0))
-        if self.peer is not None:
-            subscriber.attach(self.peer.direct_writer())
-        while True:
-            now = time.monotonic()
-            if now >= deadline:
-                yield self._end(EndReason.LIFETIME, subscriber)
-                return
-            quiet_until = subscriber.wrote_at + heartbeat
-            if now >= quiet_until:
-                yield Idle()
-                subscriber.wrote()
-                continue
-            items = subscriber.take(min(quiet_until, deadline) - now, BATCH_EVENTS, BUNDLE_BYTES)
-            if not items:
-                continue
-            close = items.pop() if isinstance(items[-1], Close) else None
-            batch = subscriber.newer(items)  # type: ignore[arg-type]
-            if batch:
-                yield Batch(batch)
-                subscriber.sent(batch)
-            if close is not None:
-                yield self._end(close.reason, subscriber)
-                return
-
-    def _replay(self, subscriber: Subscriber) -> Iterator[Item]:
+    def _replay(self, subscriber: Subscriber, frame: Callable[[Item], Any]) -> Iterator[Any]:
         """Logged events after ``last_event_id`` up to where live delivery starts; returns a
         ``Reset`` when they cannot all be had.
 
@@ -167,12 +180,12 @@ class Stream:
                 return Reset(ResetReason.HISTORY_TRIMMED, store.oldest_id())
             cursor = page[-1].id
             for bundle in bundles([event for event in page if self.selection(event)]):
-                yield Batch([bundle])
+                yield frame(Batch([bundle]))
                 subscriber.sent([bundle])
         subscriber.skip_through(self.last_event_id)  # a client ahead of this process's follower
         return None
 
-    def _snapshot(self, subscriber: Subscriber) -> Iterator[Item]:
+    def _snapshot(self, subscriber: Subscriber, frame: Callable[[Item], Any]) -> Iterator[Any]:
         """Every current record passing the filter, as of log position N, then N.
 
         Pages are read one query at a time, not in one long transaction. A record whose
@@ -186,10 +199,10 @@ class Stream:
             page = self.store.records(self.selection.log, after, SNAPSHOT_PAGE)
             records = [r for r in page if r.version <= position and self.selection(r)]
             if records:
-                yield Snapshot(records)
+                yield frame(Snapshot(records))
                 subscriber.wrote()
             if len(page) < SNAPSHOT_PAGE:
                 break
             after = (page[-1].key, page[-1].scope, page[-1].scope_id)
-        yield SnapshotEnd(position)
+        yield frame(SnapshotEnd(position))
         subscriber.wrote()

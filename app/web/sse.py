@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
-from typing import Iterator
+
 
 from flask import Response
 
@@ -24,32 +24,26 @@ def control_frame(event: str, data: dict, event_id: int | None = None) -> bytes:
     return head + b"event: %s\ndata: %s\n\n" % (event.encode(), json.dumps(data).encode())
 
 
-def frames(stream: Stream) -> Iterator[bytes]:
-    """Each yield is one write. The first, a comment, is what makes the server send headers."""
-    with contextlib.closing(iter(stream)) as items:
-        yield from _frames(items)
-
-
-def _frames(items: Iterator[Item]) -> Iterator[bytes]:
-    for item in items:
-        if isinstance(item, Batch):
-            yield b"".join(bundle.sse for bundle in item.bundles)
-        elif isinstance(item, Idle):
-            yield KEEPALIVE
-        elif isinstance(item, Opened):
-            yield CONNECTED
-        elif isinstance(item, Snapshot):
-            yield b"".join(b"event: snapshot\ndata: %s\n\n" % record.json.encode()
-                           for record in item.records)
-        elif isinstance(item, SnapshotEnd):
-            yield control_frame("snapshot_end", {"last_id": str(item.last_id)}, item.last_id)
-        elif isinstance(item, Reset):
-            yield control_frame("reset", {"reason": item.reason.value,
-                                          "oldest_id": str(item.oldest_id)})
-        elif isinstance(item, End):
-            if item.reason is not EndReason.CLIENT:  # a client that left hears nothing more
-                yield control_frame(item.reason.value, {"last_id": str(item.last_id)})
-            return
+def frame(item: Item) -> bytes:
+    """One write; the first, a comment, is what makes the server send the headers."""
+    if isinstance(item, Batch):
+        return b"".join(bundle.sse for bundle in item.bundles)
+    if isinstance(item, Idle):
+        return KEEPALIVE
+    if isinstance(item, Opened):
+        return CONNECTED
+    if isinstance(item, Snapshot):
+        return b"".join(b"event: snapshot\ndata: %s\n\n" % record.json.encode()
+                        for record in item.records)
+    if isinstance(item, SnapshotEnd):
+        return control_frame("snapshot_end", {"last_id": str(item.last_id)}, item.last_id)
+    if isinstance(item, Reset):
+        return control_frame("reset", {"reason": item.reason.value,
+                                       "oldest_id": str(item.oldest_id)})
+    assert isinstance(item, End)  # the stream's last item
+    if item.reason is EndReason.CLIENT:  # a client that left hears nothing more
+        return b""
+    return control_frame(item.reason.value, {"last_id": str(item.last_id)})
 
 
 def bound_stalled_writes(environ: dict, heartbeat_seconds: float) -> None:
@@ -71,7 +65,8 @@ def bound_stalled_writes(environ: dict, heartbeat_seconds: float) -> None:
 
 
 def sse_response(stream: Stream) -> Response:
-    response = Response(frames(stream), mimetype="text/event-stream", headers=HEADERS,
+    stream.frame = frame
+    response = Response(iter(stream), mimetype="text/event-stream", headers=HEADERS,
                         direct_passthrough=True)
     response.headers["Content-Type"] = "text/event-stream"
     return response
