@@ -14,10 +14,10 @@ HEAVY = ("flask", "werkzeug", "flask_sock", "simple_websocket", "gevent", "prome
          "numpy", "psycopg")
 
 
-def loaded_after(statement: str) -> set[str]:
-    """Which of ``HEAVY`` a fresh interpreter has loaded after running ``statement``."""
+def loaded_after(statement: str, modules: tuple[str, ...] = HEAVY) -> set[str]:
+    """Which of ``modules`` a fresh interpreter has loaded after running ``statement``."""
     script = (f"import sys\n{statement}\nimport json\n"
-              f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))")
+              f"print(json.dumps([m for m in {modules!r} if m in sys.modules]))")
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
                           text=True, timeout=60, check=True)
     return set(json.loads(done.stdout))
@@ -41,3 +41,7 @@ def test_the_server_hooks_load_nothing_until_a_worker_runs():
 
 def test_the_app_factory_is_found_lazily_and_builds_the_app():
     assert loaded_after("from app import create_app") >= {"flask"}
+
+
+def test_the_server_loads_neither_the_client_nor_numpy_until_it_needs_them():
+    assert loaded_after("import wsgi", ("numpy", "requests")) == set()

@@ -51,7 +51,7 @@ def increments(server: Server, clients: int, each: int, conditional: bool) -> in
 
 #: the issue's 16 × 200 runs in ``bench`` (CAS throughput); here 16 clients contend as hard,
 #: for fewer rounds
-CLIENTS, EACH = 16, 25
+CLIENTS, EACH = 16, 15
 
 
 @every_store

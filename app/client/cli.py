@@ -7,14 +7,15 @@ import json
 import shutil
 import sys
 from datetime import datetime
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import click
 
 from ..wire import SCOPES
-from .client import MemoryClient
-from .errors import MemoryClientError
-from .stream import StreamStatus
+
+if TYPE_CHECKING:  # the client (and requests under it) loads when a command runs, not with
+    from .client import MemoryClient  # the server that registers these commands
+    from .stream import StreamStatus
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 MIN_VALUE_WIDTH = 20
@@ -35,6 +36,8 @@ def _with_client(command: Callable[..., Any]) -> Callable[..., Any]:
                   help="API key, when the server requires one (or $MEMORY_API_KEY).")
     @functools.wraps(command)
     def run(url: str, api_key: str | None, **kwargs: Any) -> Any:
+        from .client import MemoryClient
+        from .errors import MemoryClientError
         try:
             client = MemoryClient(url, api_key=api_key)
         except ValueError as exc:

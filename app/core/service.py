@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..settings import Settings
 from ..store import Listing, Store, open_store
@@ -21,9 +22,15 @@ from .metrics import Metrics
 from .peer import Peer
 from .records import Author, Record
 from .stream import Stream
-from .vectors import VectorMemory
+
+if TYPE_CHECKING:
+    from .vectors import VectorMemory
 
 log = logging.getLogger(__name__)
+
+
+def _here(function: Callable[..., Any], *args: Any) -> Any:
+    return function(*args)
 
 
 class Service:
@@ -38,7 +45,9 @@ class Service:
         self._opening = threading.Lock()
         self._store: Store | None = None
         self._follower: Follower | None = None
-        self.vectors = VectorMemory(lambda: self.store, settings.vector_metric)
+        self._vectors: VectorMemory | None = None
+        #: how vector searches run; a server adapter can hand them to a thread pool
+        self.offload: Callable[..., Any] = _here
 
     @property
     def store(self) -> Store:
@@ -47,6 +56,17 @@ class Service:
                 if self._store is None:
                     self._store = open_store(self.settings.db_url)
         return self._store
+
+    @property
+    def vectors(self) -> VectorMemory:
+        """Vector memory, loaded on first use (numpy is no small import)."""
+        if self._vectors is None:
+            from .vectors import VectorMemory
+            with self._opening:
+                if self._vectors is None:
+                    self._vectors = VectorMemory(lambda: self.store, self.settings.vector_metric,
+                                                 self.offload)
+        return self._vectors
 
     @property
     def follower(self) -> Follower:

@@ -209,12 +209,10 @@ class ScopeIndex:
 class VectorMemory:
     """Search and the indexes behind it, for one service in one process."""
 
-    def __init__(self, store: Callable[[], Store], metric: str,
-                 offload: Offload | None = None) -> None:
+    def __init__(self, store: Callable[[], Store], metric: str, offload: Offload) -> None:
         self._store = store
         self.metric = metric
-        #: runs a search; a server adapter can send it to a thread pool, off the event loop
-        self.offload: Offload = offload or (lambda function, *args: function(*args))
+        self._offload = offload  # where a search runs: a thread pool, off the event loop
         self._indexes: OrderedDict[tuple[str, str], ScopeIndex] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -225,7 +223,7 @@ class VectorMemory:
         if matrix is None:
             return []
         view = matrix.view()
-        found = self.offload(search, view, query, self.metric, top_k, filters)
+        found = self._offload(search, view, query, self.metric, top_k, filters)
         return [Hit(view.rows[row].key, score, distance, view.rows[row].metadata,
                     view.rows[row].created_at, view.rows[row].updated_at)
                 for row, score, distance in found]

@@ -71,7 +71,7 @@ def post_worker_init(worker: Any) -> None:
         worker.wsgi = with_peers(worker.wsgi, idle.discard)
         pool = gevent.get_hub().threadpool
         for service in services:  # numpy scores in a thread while the loop serves the rest
-            service.vectors.offload = lambda function, *args: pool.apply(function, args)
+            service.offload = lambda function, *args: pool.apply(function, args)
     stop_worker = worker.handle_exit
 
     def handle_exit(sig: int, frame: Any) -> None:

@@ -6,9 +6,11 @@ deletes hit the workflow scope), and bad input is a 400 where the control plane 
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
+
 from flask import Blueprint, Response, request
 from werkzeug.routing import PathConverter
 
@@ -40,7 +42,7 @@ MAX_TOP_K = 1000
 DEFAULT_TOP_K = 10
 
 
-def _embedding(fields: dict[str, Any], name: str) -> np.ndarray:
+def _embedding(fields: dict[str, Any], name: str) -> "np.ndarray":
     value = fields.get(name)
     if value is None:
         raise Invalid(f"missing_{name}", f"'{name}' is required: a list of numbers.")
@@ -51,6 +53,7 @@ def _embedding(fields: dict[str, Any], name: str) -> np.ndarray:
                                          f"{MAX_DIMENSIONS} are allowed.")
     if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value):
         raise Invalid(f"invalid_{name}", f"'{name}' must hold numbers only.")
+    import numpy as np  # here: a server that never sees a vector never loads it
     try:
         with np.errstate(over="ignore"):
             values = np.asarray(value, dtype=np.float64).astype("<f4")
@@ -81,6 +84,7 @@ def _query_scopes(reading: bool = False) -> list[tuple[str, str]]:
 
 
 def _vector_json(vector: StoredVector) -> str:
+    import numpy as np
     values = np.frombuffer(vector.embedding or b"", dtype="<f4")
     return ('{"key":%s,"scope":%s,"scope_id":%s,"embedding":[%s],"metadata":%s,'
             '"created_at":"%s","updated_at":"%s"}'
