@@ -40,6 +40,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
                    help="streams held for idle cost and the second open run (%(default)s)")
     p.add_argument("--many-streams", type=int, default=10_000,
                    help="streams held by one worker in the hold10k workload (%(default)s)")
+    p.add_argument("--huge-streams", type=int, default=100_000,
+                   help="streams held over 2 workers in the hold100k workload (%(default)s)")
     p.add_argument("--repeat", type=int, default=1,
                    help="rounds over all servers; the table shows medians (%(default)s)")
     p.add_argument("--quick", action="store_true",
@@ -75,15 +77,16 @@ def main(argv: list[str]) -> int:
                    else (cores - {args.client_cpu}) or cores)
     plan = Plan(workloads=workloads, subscribers=_counts(args.subscribers),
                 changes=args.changes, idle_streams=args.idle_streams,
-                many_streams=args.many_streams,
+                many_streams=args.many_streams, huge_streams=args.huge_streams,
                 server_cpus=None if args.no_pin else frozenset(server_cpus))
     if args.quick:
-        plan = Plan(workloads=tuple(w for w in workloads if w != "hold10k"), subscribers=(10, 100),
+        plan = Plan(workloads=tuple(w for w in workloads if w not in ("hold10k", "hold100k")),
+                    subscribers=(10, 100),
                     changes=50, idle_streams=100, opens=50, latency_changes=100,
                     writes=((1, 200), (8, 400)), server_cpus=plan.server_cpus)
     if not args.no_pin:
         pin({args.client_cpu})
-    raise_file_limit()
+    raise_file_limit(wanted=250_000)  # the 100,000-stream workload's client holds them all
     logs = RESULTS / "logs"
     logs.mkdir(parents=True, exist_ok=True)
 

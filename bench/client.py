@@ -8,6 +8,7 @@ of frames. Writers are keep-alive HTTP connections driven by the same loop.
 from __future__ import annotations
 
 import errno
+import itertools
 import select
 import socket
 import time
@@ -28,11 +29,17 @@ class Loop:
     next change while the client works through a thousand readable streams.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, sources: tuple[str, ...] = ()) -> None:
+        """``sources``: loopback addresses to connect from in turn, for more connections than
+        one address has ports (about 28,000 with Linux's default ``ip_local_port_range``)."""
+        self._sources = itertools.cycle(sources) if sources else None
         self.epoll = select.epoll()
         self.urgent = select.epoll()
         self.epoll.register(self.urgent.fileno(), IN)
         self.connections: dict[int, "Connection"] = {}
+
+    def source(self) -> str | None:
+        return next(self._sources) if self._sources is not None else None
 
     def watch(self, conn: "Connection", events: int) -> None:
         fd = conn.sock.fileno()
@@ -96,6 +103,9 @@ class Connection:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setblocking(False)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        source = self.loop.source()
+        if source is not None:
+            self.sock.bind((source, 0))
         self.outgoing = b""
         self.up = False
         self.closed = False

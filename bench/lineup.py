@@ -50,6 +50,8 @@ class Server:
     name: str
     label: str
     start: Callable[[Path, set[int] | None], Running]
+    #: the only workloads it runs (``None``: every one that applies)
+    workloads: tuple[str, ...] | None = None
 
 
 def _publish_once(running: Running) -> bool:
@@ -79,16 +81,24 @@ def _wait_ready(running: Running) -> None:
     raise RuntimeError(f"server on port {running.port} not ready after {START_SECONDS}s")
 
 
-def _ours(workers: int) -> Callable[[Path, set[int] | None], Running]:
+#: the server for 100,000 streams: 2 workers of 60,000 connections each, and keepalives often
+#: enough to watch them flow
+HUGE_ENV = {"MEMORY_MAX_STREAMS": "60000", "MEMORY_HEARTBEAT_SECONDS": "20",
+            "GUNICORN_CMD_ARGS": "--worker-connections 60000 --backlog 4096"}
+
+
+def _ours(workers: int, extra: dict[str, str] | None = None,
+          name: str = "") -> Callable[[Path, set[int] | None], Running]:
     def start(logs: Path, cpus: set[int] | None) -> Running:
         port, workdir = free_port(), tempfile.TemporaryDirectory(prefix="bench-memory-")
         env = {"MEMORY_DB_URL": f"sqlite:///{workdir.name}/memory.db",
                "MEMORY_HEARTBEAT_SECONDS": HEARTBEAT_SECONDS,
                # The 10,000-stream workload opens its 200 timed streams on top of 10,000 held.
-               "MEMORY_MAX_STREAMS": "11000"}
+               "MEMORY_MAX_STREAMS": "11000", **(extra or {})}
         process = Process([PYTHON, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app",
                            "-b", f"127.0.0.1:{port}", "-w", str(workers)],
-                          env, logs / f"ours-{workers}w.log", cpus, cwd=OURS_DIR[0])
+                          env, logs / f"{name or f'ours-{workers}w'}.log", cpus,
+                          cwd=OURS_DIR[0])
         running = Running(port, [process], "/api/v1/memory/events/sse", "/api/v1/memory/set",
                           opens_at_once=True, workdir=workdir)
         _wait_ready(running)
@@ -140,6 +150,8 @@ def _raw(logs: Path, cpus: set[int] | None) -> Running:
 SERVERS = {server.name: server for server in (
     Server("ours-1w", "this service, 1 worker", _ours(1)),
     Server("ours-2w", "this service, 2 workers", _ours(2)),
+    Server("ours-100k", "this service, 2 workers sized for 100,000 streams",
+           _ours(2, HUGE_ENV, "ours-100k"), workloads=("hold100k",)),
     Server("raw", "raw gevent", _raw),
     Server("starlette", "sse-starlette + uvicorn", _starlette),
     Server("flask-sse", "flask-sse + Redis", _flask_sse),

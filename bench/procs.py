@@ -19,12 +19,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def raise_file_limit() -> int:
-    """Soft limit up to the hard one (children inherit it); returns the new soft limit."""
+def raise_file_limit(wanted: int = 0) -> int:
+    """Soft limit up to the hard one, or to ``wanted`` where allowed (as root); children
+    inherit it. Returns the new soft limit."""
     import resource
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return hard
+    limit = max(hard, wanted)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+    except (ValueError, OSError):
+        limit = hard
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return limit
 
 
 def pin(cpus: set[int] | None) -> None:

@@ -8,9 +8,11 @@ from pathlib import Path
 from typing import Callable
 
 from .lineup import Server
-from .workloads import Session, fanout, idle_cost, latency, open_streams, writes
+from .workloads import Session, fanout, hold_huge, idle_cost, latency, open_streams, writes
 
-WORKLOADS = ("open", "latency", "fanout", "idle", "writes", "hold10k")
+WORKLOADS = ("open", "latency", "fanout", "idle", "writes", "hold10k", "hold100k")
+#: connect from these, for more connections than one address has ports
+SOURCES = tuple(f"127.0.0.{n}" for n in range(1, 9))
 
 
 @dataclass(frozen=True)
@@ -25,14 +27,16 @@ class Plan:
     writes: tuple[tuple[int, int], ...] = ((1, 1000), (8, 2000))
     many_streams: int = 10_000
     many_streams_servers: tuple[str, ...] = ("ours-1w",)
+    huge_streams: int = 100_000
+    keepalive_seconds: float = 25.0  # longer than the huge server's heartbeat
     server_cpus: frozenset[int] | None = None
 
 
 def _fresh(server: Server, plan: Plan, logs: Path,
-           body: Callable[[Session], dict]) -> dict:
+           body: Callable[[Session], dict], sources: tuple[str, ...] = ()) -> dict:
     """Start ``server`` anew, run ``body`` on it, stop it whatever happens."""
     running = server.start(logs, set(plan.server_cpus) if plan.server_cpus else None)
-    session = Session(running)
+    session = Session(running, sources)
     try:
         return body(session)
     finally:
@@ -65,10 +69,12 @@ def _many_streams(plan: Plan) -> Callable[[Session], dict]:
 def run_server(server: Server, plan: Plan, logs: Path) -> dict:
     """Every selected workload on ``server``; one fresh start per group of workloads."""
     wanted, results = set(plan.workloads), {}
+    if server.workloads is not None:
+        wanted &= set(server.workloads)
 
-    def step(name: str, body: Callable[[Session], dict]) -> None:
+    def step(name: str, body: Callable[[Session], dict], sources: tuple[str, ...] = ()) -> None:
         started = time.monotonic()
-        results.update(_fresh(server, plan, logs, body))
+        results.update(_fresh(server, plan, logs, body, sources))
         print(f"  {server.name}: {name} ({time.monotonic() - started:.1f} s)", file=sys.stderr,
               flush=True)
 
@@ -88,4 +94,8 @@ def run_server(server: Server, plan: Plan, logs: Path) -> dict:
         step(f"{plan.idle_streams} held: idle cost, fan-out, open", _with_held(plan, wanted))
     if "hold10k" in wanted and server.name in plan.many_streams_servers:
         step(f"{plan.many_streams} held", lambda s: {"many": _many_streams(plan)(s)})
+    if "hold100k" in wanted and server.workloads is not None:
+        step(f"{plan.huge_streams:,} held",
+             lambda s: {"huge": hold_huge(s, plan.huge_streams, plan.opens,
+                                          plan.keepalive_seconds)}, SOURCES)
     return results

@@ -32,9 +32,9 @@ def every(seconds: float, check: Callable[[], bool]) -> Callable[[], bool]:
 class Session:
     """A server and the client's streams on it, across the workloads of one start."""
 
-    def __init__(self, running: Running) -> None:
+    def __init__(self, running: Running, sources: tuple[str, ...] = ()) -> None:
         self.running = running
-        self.loop = Loop()
+        self.loop = Loop(sources)
         self.held: list[Stream] = []
 
     def close(self) -> None:
@@ -210,3 +210,21 @@ def writes(session: Session, writers: int, count: int, timeout: float = 20.0) ->
     return {"writers": writers, "completed": done, "failures": sum(w.failures for w in pool),
             "writes_per_s": done / elapsed, "seconds": round(elapsed, 3),
             "write_ms": summary_ms([t for w in pool for t in w.round_trips])}
+
+
+def hold_huge(session: Session, count: int, opens: int, keepalive_seconds: float) -> dict:
+    """``count`` idle streams over the server's workers: how long opening them takes, the
+    server tree's RSS, opening p99 while they are held, and whether keepalives flow to them
+    (the share of held streams that got a frame within ``keepalive_seconds``)."""
+    before = rss_kb(session.running.pids())
+    hold = session.hold(count, timeout=900)
+    held = [s for s in session.held if not s.closed]
+    rss = rss_kb(session.running.pids())
+    timed = open_streams(session, opens)
+    frames = [s.frames for s in held]
+    session.loop.wait(keepalive_seconds)
+    alive = [s for s in held if not s.closed]
+    got = sum(1 for s, f in zip(held, frames) if not s.closed and s.frames > f)
+    return {"hold": hold, "rss_before_kb": before, "rss_kb": rss,
+            "kb_per_stream": (rss - before) / max(1, len(held)), "open": timed,
+            "still_open": len(alive), "keepalive_share": got / max(1, len(held))}

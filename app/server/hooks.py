@@ -37,10 +37,12 @@ def on_starting(server: Any) -> None:
             prefix="memory-events-metrics-")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = server.cfg.worker_connections + 1024
-    if hard != resource.RLIM_INFINITY:
-        wanted = min(hard, wanted)
-    if soft < wanted:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    if soft >= wanted:
+        return
+    try:  # the hard limit too, where allowed (as root, or by a raised system limit)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, max(hard, wanted)))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, wanted), hard))
 
 
 def child_exit(server: Any, worker: Any) -> None:
