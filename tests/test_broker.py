@@ -20,7 +20,8 @@ def event(event_id: int, key: str = "k", scope: str = "global", epoch: float = 0
 
 def broker(max_events: int = 100, max_bytes: int = 1 << 20) -> tuple[Broker, list]:
     delivered: list = []
-    return Broker(max_events, max_bytes, lambda t, b: delivered.append((t, b))), delivered
+    return (Broker(max_events, max_bytes, lambda t, b, timed: delivered.append((t, b))),
+            delivered)
 
 
 def ids(items: list) -> list[int]:

@@ -10,11 +10,16 @@ from typing import Any, Iterator
 
 import pytest
 
+from app.core.broker import Broker
 from app.core.errors import VersionConflict
 from app.core.filters import EventFilter, LogFilter
+from app.core.metrics import Metrics
+from app.core.paging import FIRST_PAGE
 from app.core.records import Author
+from app.core.stream import Snapshot, SnapshotEnd, Stream
+from app.settings import Settings
 from app.store import Store, StoreUnavailable, open_store
-from app.store import logreader
+from app.store import logreader, sql
 
 from .conftest import every_store, wait_until
 
@@ -196,7 +201,22 @@ def test_pages_of_large_events_hold_fewer_of_them(store):
     for n in range(60):
         store.set("global", "global", f"big.{n}", big, NOBODY)
     pages = [len(page) for page in store.read_log(LogFilter(), 0)]
-    assert sum(pages) == 60 and max(pages) <= logreader.FIRST_PAGE and max(pages[1:]) <= 20
+    assert sum(pages) == 60 and max(pages) <= FIRST_PAGE and max(pages[1:]) <= 20
+
+
+def test_snapshot_pages_of_large_values_hold_fewer_records(store):
+    big = '"%s"' % ("x" * 200_000)
+    for n in range(60):
+        store.set("global", "global", f"big.{n}", big, NOBODY)
+    stream = Stream(store, Broker(1000, 1 << 30, lambda *_: None), Settings(), Metrics(),
+                    EventFilter(), None, "sse", snapshot=True)
+    pages = []
+    for item in stream:
+        if isinstance(item, SnapshotEnd):
+            break
+        if isinstance(item, Snapshot):
+            pages.append(len(item.records))
+    assert sum(pages) == 60 and max(pages) <= FIRST_PAGE and max(pages[1:]) <= 21
 
 
 def test_trimming_forgets_old_events_and_remembers_how_far(store):
@@ -206,6 +226,19 @@ def test_trimming_forgets_old_events_and_remembers_how_far(store):
     store.set("global", "global", "new", "1", NOBODY)
     assert store.trim(cutoff) == 1
     assert (store.trimmed_through(), store.oldest_id(), store.head_id()) == (1, 2, 2)
+
+
+def test_a_large_trim_commits_in_batches_that_readers_see(store, monkeypatch):
+    fill_log(store, 10, key="old.{n}")
+    time.sleep(0.01)
+    cutoff = time.time()
+    store.set("global", "global", "new", "1", NOBODY)
+    seen: list[int] = []
+    monkeypatch.setattr(sql, "TRIM_BATCH", 4)
+    monkeypatch.setattr(sql, "pause", lambda: seen.append(store.trimmed_through()))
+    assert store.trim(cutoff) == 10
+    assert seen == [4, 8]
+    assert (store.trimmed_through(), store.oldest_id(), store.head_id()) == (10, 11, 11)
 
 
 # -- vectors ---------------------------------------------------------------------------------

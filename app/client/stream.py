@@ -119,6 +119,7 @@ class _Stream:
         self._on_status = on_status
         self._attempt = 0
         self.response = open_stream(self.last_event_id)
+        self.connections = 1  # how many were opened: a watch starts its snapshot over on each
 
     def follow(self) -> Generator[dict, None, None]:
         try:
@@ -182,6 +183,7 @@ class _Stream:
                     raise
                 why = str(exc)
             else:
+                self.connections += 1
                 self._report(StreamStatus("reconnected", ending.reason,
                                           self.last_event_id or ""))
                 return

@@ -38,7 +38,10 @@ class Watch(Iterator[dict]):
 
     def _follow(self) -> Iterator[dict]:
         incoming: dict[Key, dict] = {}
+        connection = self._stream.connections
         for item in self._stream.follow():
+            if self._stream.connections != connection:  # a snapshot cut off is no snapshot
+                connection, incoming = self._stream.connections, {}
             kind = item.get("type")
             if kind == "snapshot":
                 incoming[self._key(item["record"])] = item["record"]

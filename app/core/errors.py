@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..store.interface import Record
+    from .records import Record
 
 
 class ServiceError(Exception):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 
 from ..store import Store
-from ..store.logreader import pause
+from .pause import pause
 
 #: how often a process looks for the next expiry, which another process may have written
 LOOK_SECONDS = 0.5

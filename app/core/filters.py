@@ -113,8 +113,11 @@ def from_query(args: Mapping[str, str], max_patterns: int, max_pattern_length: i
                ) -> EventFilter:
     """Parse ``scope``, ``scope_id`` and ``patterns``; a bad glob is refused before a stream
     starts."""
+    raw = args.get("patterns")
+    if raw is not None and "\x00" in raw:
+        raise Invalid("invalid_pattern", "Patterns must not contain NUL characters.")
     try:
-        patterns = split_patterns(args.get("patterns"))
+        patterns = split_patterns(raw)
     except InvalidPattern as exc:
         raise Invalid("invalid_pattern", str(exc)) from None
     if len(patterns) > max_patterns:

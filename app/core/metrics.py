@@ -85,13 +85,15 @@ class Deliveries:
         self._sum = 0.0
         self._flusher: int | None = None  # the fork count of the process whose flusher runs
 
-    def record(self, transport: str, bundles: list[Bundle]) -> None:
-        """``bundles``: what was just written to one subscriber."""
+    def record(self, transport: str, bundles: list[Bundle], timed: bool = True) -> None:
+        """``bundles``: what was just written to one subscriber; ``timed``: count their
+        latencies too (a replay's are not)."""
         now = time.time()
         with self._lock:
             for bundle in bundles:
                 self._counts[transport] += len(bundle)
-                self._sum += add_latencies(self._buckets, bundle.epochs, now)
+                if timed:
+                    self._sum += add_latencies(self._buckets, bundle.epochs, now)
         if self._flusher != _forks[0]:
             self._flusher = _forks[0]
             threading.Thread(target=self._flush_forever, name="memory-metrics",

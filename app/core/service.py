@@ -53,9 +53,12 @@ class Service:
     def store(self) -> Store:
         if self._store is None:
             with self._opening:
-                if self._store is None:
+                opened = self._store is None
+                if opened:
                     self._store = open_store(self.settings.db_url)
-        return self._store
+            if opened:  # the follower also expires records: it runs with or without writes
+                self._wake()
+        return self._store  # type: ignore[return-value]
 
     @property
     def vectors(self) -> VectorMemory:
@@ -131,7 +134,8 @@ class Service:
         if after_id is None:
             pages = store.read_log(where, store.trimmed_through(), head, True, page)
         else:
-            pages = store.read_log(where, after_id, head, False, page)
+            pages = store.read_log(where, max(after_id, store.trimmed_through()), head, False,
+                                   page)
         found: list[Event] = []
         for events in pages:
             found += [event for event in events if selection(event)]

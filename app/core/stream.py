@@ -19,6 +19,7 @@ from .broker import Broker
 from .events import BUNDLE_BYTES, Bundle, bundles
 from .filters import EventFilter
 from .metrics import Metrics
+from .paging import FIRST_PAGE, next_page
 from .peer import Peer
 from .records import Record
 from .subscriber import Close, Subscriber
@@ -166,8 +167,8 @@ class Stream:
         """Logged events after ``last_event_id`` up to where live delivery starts; returns a
         ``Reset`` when they cannot all be had.
 
-        Retention may trim while a slow client is replayed; a page read after a trim that
-        reached past the cursor could skip events, so that is a reset too.
+        Retention may trim while a slow client is replayed: any trim past the resume point
+        during the replay may have taken events before they were read, so that is a reset too.
         """
         store, cursor, upto = self.store, self.last_event_id, subscriber.start_id
         assert cursor is not None
@@ -181,28 +182,32 @@ class Stream:
             cursor = page[-1].id
             for bundle in bundles([event for event in page if self.selection(event)]):
                 yield frame(Batch([bundle]))
-                subscriber.sent([bundle])
+                subscriber.sent([bundle], replayed=True)
+        if store.trimmed_through() > self.last_event_id:
+            return Reset(ResetReason.HISTORY_TRIMMED, store.oldest_id())
         subscriber.skip_through(self.last_event_id)  # a client ahead of this process's follower
         return None
 
     def _snapshot(self, subscriber: Subscriber, frame: Callable[[Item], Any]) -> Iterator[Any]:
         """Every current record passing the filter, as of log position N, then N.
 
-        Pages are read one query at a time, not in one long transaction. A record whose
-        version is newer than N changed after N, so it is left out: the live events after N,
-        which the stream sends next, carry its change.
+        Pages are read one query at a time, not in one long transaction, and hold fewer
+        records when the values are large. A record whose version is newer than N changed
+        after N, so it is left out: the live events after N, which the stream sends next,
+        carry its change.
         """
         position = self.store.head_id()
         subscriber.skip_through(position)
-        after = None
+        after, limit = None, FIRST_PAGE
         while True:
-            page = self.store.records(self.selection.log, after, SNAPSHOT_PAGE)
+            page = self.store.records(self.selection.log, after, limit)
             records = [r for r in page if r.version <= position and self.selection(r)]
             if records:
                 yield frame(Snapshot(records))
                 subscriber.wrote()
-            if len(page) < SNAPSHOT_PAGE:
+            if len(page) < limit:
                 break
             after = (page[-1].key, page[-1].scope, page[-1].scope_id)
+            limit = next_page(len(page), sum(len(r.data) for r in page), SNAPSHOT_PAGE)
         yield frame(SnapshotEnd(position))
         subscriber.wrote()

@@ -28,7 +28,8 @@ class Close:
     reason: EndReason
 
 
-Delivered = Callable[[str, list[Bundle]], None]
+#: hears of what was written to a subscriber: transport, bundles, whether to time them
+Delivered = Callable[[str, list[Bundle], bool], None]
 
 
 class Subscriber:
@@ -64,10 +65,6 @@ class Subscriber:
         return self._floor if self._sent_id is None else self._sent_id
 
     @property
-    def floor(self) -> int:
-        return self._floor
-
-    @property
     def wrote_at(self) -> float:
         """When the stream was last written to (monotonic)."""
         return self._wrote_at
@@ -76,11 +73,12 @@ class Subscriber:
         """Events up to ``event_id`` reached the client another way (replay, a snapshot)."""
         self._floor = max(self._floor, event_id)
 
-    def sent(self, bundles: list[Bundle]) -> None:
-        """``bundles`` were written to the client."""
+    def sent(self, bundles: list[Bundle], replayed: bool = False) -> None:
+        """``bundles`` were written to the client; replayed ones are old, and their age is no
+        delivery latency."""
         self._sent_id = bundles[-1].last_id
         self._wrote_at = time.monotonic()
-        self._delivered(self.transport, bundles)
+        self._delivered(self.transport, bundles, not replayed)
 
     def wrote(self) -> None:
         """Something other than events was written (a keepalive, a snapshot)."""
@@ -99,7 +97,10 @@ class Subscriber:
         self._wrote_at = time.monotonic()
 
     def offer(self, bundle: Bundle) -> bool:
-        """Queue ``bundle``, or nothing and ``False`` if more than the bounds would wait."""
+        """Queue ``bundle``, or nothing and ``False`` if more than the bounds would wait; an
+        ended stream takes nothing more."""
+        if self.ended is not None:
+            return True
         if self._idle and self._write(bundle):
             return True
         with self._lock:
@@ -132,7 +133,7 @@ class Subscriber:
             self._idle = False
             self._ready.set()
         else:
-            self._delivered(self.transport, [newer])
+            self._delivered(self.transport, [newer], True)
         return True
 
     def close(self, reason: EndReason) -> None:
@@ -162,13 +163,15 @@ class Subscriber:
             if self._writer is not None and self._writer.unsent:
                 finished = self._writer.flush()  # what a direct write left goes out first
                 if finished is not None:
-                    self._delivered(self.transport, [finished])
+                    self._delivered(self.transport, [finished], True)
         events = size = count = 0
         with self._lock:
             for item in self._items:
                 if count and (events >= max_events or size >= max_bytes):
                     break
                 count += 1
+                if isinstance(item, Close):
+                    break  # the end: nothing after it counts
                 if isinstance(item, Bundle):
                     events += len(item)
                     size += item.size

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..store import Store, StoredVector
-from ..store.logreader import pause
+from .pause import pause
 from ..wire import dump, utc_text
 
 Offload = Callable[..., Any]

@@ -22,7 +22,7 @@ import signal
 import socket
 import tempfile
 import weakref
-from typing import Any
+from typing import Any, Callable
 
 __all__ = ["on_starting", "post_worker_init", "post_request", "child_exit", "on_exit"]
 
@@ -76,14 +76,17 @@ def post_worker_init(worker: Any) -> None:
             service.offload = lambda function, *args: pool.apply(function, args)
     stop_worker = worker.handle_exit
 
+    def close() -> None:
+        for service in services:
+            service.close()
+        for sock in list(getattr(worker, "memory_events_idle", ())):
+            _shut_reading(sock)  # a client's next request belongs on a worker that stays
+
     def handle_exit(sig: int, frame: Any) -> None:
         stopping = worker.alive
         stop_worker(sig, frame)
-        if stopping:
-            for service in services:
-                service.close()
-            for sock in list(getattr(worker, "memory_events_idle", ())):
-                _shut_reading(sock)  # a client's next request belongs on a worker that stays
+        if stopping:  # not in the handler: it may have interrupted a holder of the locks
+            _soon(close)
 
     worker.handle_exit = handle_exit
     signal.signal(signal.SIGTERM, handle_exit)
@@ -103,6 +106,18 @@ def post_request(worker: Any, req: Any, environ: dict, resp: Any) -> None:
         _shut_reading(sock)
     elif idle is not None:
         idle.add(sock)
+
+
+def _soon(task: Callable[[], None]) -> None:
+    """Run ``task`` outside a signal handler: in a greenlet of its own under gevent, where the
+    handler runs in whichever greenlet it interrupted, else in a thread."""
+    from gevent import monkey
+    if monkey.is_module_patched("threading"):
+        import gevent
+        gevent.spawn(task)
+    else:
+        import threading
+        threading.Thread(target=task, daemon=True).start()
 
 
 def _shut_reading(sock: Any) -> None:

@@ -3,7 +3,8 @@
 Each write still runs its own statements and checks, in the order the requests arrived, and
 its answer waits for the commit, so "answered means durable" holds as before; what is shared is
 the write lock, the transaction and the commit, which cost more than the statements. A write
-that is refused (a version conflict) changes nothing and does not disturb the others; a
+that is refused (a version conflict) writes nothing of its own and does not disturb the others
+(it may have logged the expiry of a record whose time ran out, which stands either way); a
 transaction that fails fails every write in it.
 
 The first writer to arrive leads: it lets the others that are ready join, commits them all,
@@ -72,7 +73,7 @@ class GroupCommit:
                 for slot in batch:
                     try:
                         slot.result = slot.write(cur)
-                    except ServiceError as refused:  # raised before it wrote anything
+                    except ServiceError as refused:  # raised before it wrote its change
                         slot.error = refused
         except BaseException as failed:
             for slot in batch:

@@ -12,21 +12,18 @@ hold a worker (sqlite3 blocks gevent's loop while a statement runs). So:
 """
 from __future__ import annotations
 
-import time
 from typing import Iterator, Protocol
 
 from ..core.events import Event
 from ..core.filters import LogFilter
+from ..core.paging import FIRST_PAGE, next_page
+from ..core.pause import pause
 
 #: log positions one scanning query covers
 WINDOW = 4096
 #: ids an index may offer before the reader scans windows instead
 CAP = 20_000
 PAGE = 500
-#: about how many frame bytes one page may hold: pages of large values hold fewer events
-PAGE_BYTES = 4 << 20
-#: the first page of a read, before the size of its events is known
-FIRST_PAGE = 32
 
 NARROWING = ("keys", "scope", "since")
 
@@ -50,16 +47,6 @@ class LogSource(Protocol):
         """The events with these ids that pass ``where``, in order."""
 
 
-#: the pause between two queries of one read
-PAUSE_SECONDS = 0.0001
-
-
-def pause() -> None:
-    """Let the worker serve others between two queries of one read: a sleep, however short,
-    lets gevent's loop look at its sockets, which ``sleep(0)`` does only now and then."""
-    time.sleep(PAUSE_SECONDS)
-
-
 def read_log(source: LogSource, where: LogFilter, after_id: int, upto_id: int | None = None,
              newest_first: bool = False, page: int = PAGE) -> Iterator[list[Event]]:
     if upto_id is None:
@@ -76,9 +63,7 @@ def read_log(source: LogSource, where: LogFilter, after_id: int, upto_id: int | 
 
 
 def _fewer(events: list[Event], page: int) -> int:
-    """The next page's size: ``page``, or less when the last page's events were large."""
-    size = sum(event.size for event in events)
-    return max(1, min(page, PAGE_BYTES * len(events) // size)) if size else page
+    return next_page(len(events), sum(event.size for event in events), page)
 
 
 def _follow(source: LogSource, after_id: int, page: int) -> Iterator[list[Event]]:

@@ -14,6 +14,7 @@ from ..core.events import Event
 from ..core.filters import KeyRange, LogFilter, successor
 from ..core.globs import shape
 from ..core.records import Author, Record
+from ..core.pause import pause
 from . import logreader
 from .batch import GroupCommit
 from .interface import Listing, StoredVector
@@ -67,6 +68,10 @@ BACKFILL_VERSIONS = (
     "UPDATE memory SET version = COALESCE((SELECT MAX(e.id) FROM events e "
     "WHERE e.key = memory.key AND e.scope = memory.scope AND e.scope_id = memory.scope_id), "
     "(SELECT value FROM log_meta WHERE name = 'trimmed_through')) WHERE version = 0")
+#: records read per statement when a listing has no limit
+LIST_PAGE = 1000
+#: events one trimming statement deletes, so a large trim never holds the write lock long
+TRIM_BATCH = 5000
 #: deleted vectors are kept this long, so other processes' caches learn of the deletion
 VECTOR_TOMBSTONE_SECONDS = 3600.0
 
@@ -175,6 +180,27 @@ class SqlStore:
 
     def list_page(self, scope: str, scope_id: str | None, prefix: str | None,
                   after: tuple[str, str] | None, limit: int | None) -> Listing:
+        """Without ``limit``, the whole scope, still read a page at a time (in the one
+        snapshot), so no single statement holds the worker for long."""
+        records: list[Record] = []
+        with self._consistent() as cur:
+            head = self._head_id(cur)
+            while True:
+                want = LIST_PAGE if limit is None else limit + 1 - len(records)
+                sql, args = self._list_query(scope, scope_id, prefix, after, want)
+                cur.execute(self._sql(sql), tuple(args))
+                rows = [Record(*row) for row in cur.fetchall()]
+                records += rows
+                if len(rows) < want or (limit is not None and len(records) > limit):
+                    break
+                after = (rows[-1].scope_id, rows[-1].key)
+                pause()
+        more = limit is not None and len(records) > limit
+        records = records[:limit]
+        return Listing(records, head, (records[-1].scope_id, records[-1].key) if more else None)
+
+    def _list_query(self, scope: str, scope_id: str | None, prefix: str | None,
+                    after: tuple[str, str] | None, limit: int) -> tuple[str, list]:
         sql = f"SELECT {RECORD_COLUMNS} FROM memory WHERE scope = ?"
         args: list = [scope]
         # The cursor is where the primary key's range starts, so a page costs its own size.
@@ -187,23 +213,13 @@ class SqlStore:
             if after is not None:
                 sql += " AND (scope_id, key) > (?, ?)"
                 args += [after[0], after[1]]
-        sql += " AND (expires_at IS NULL OR expires_at > ?) ORDER BY scope_id, key"
-        args.append(now())
-        if limit is not None:
-            sql += " LIMIT ?"
-            args.append(limit + 1)
-        with self._consistent() as cur:
-            head = self._head_id(cur)
-            cur.execute(self._sql(sql), tuple(args))
-            rows = cur.fetchall()
-        records = [Record(*row) for row in rows[:limit]]
-        more = limit is not None and len(rows) > limit
-        return Listing(records, head, (records[-1].scope_id, records[-1].key) if more else None)
+        sql += " AND (expires_at IS NULL OR expires_at > ?) ORDER BY scope_id, key LIMIT ?"
+        return sql, args + [now(), limit]
 
     def _prefix(self, sql: str, args: list, prefix: str | None,
                 after: str | None = None) -> tuple[str, list]:
         """Keys that start with ``prefix`` and come after ``after``, as one range."""
-        if after is not None:
+        if after is not None and not (prefix and after < prefix):
             sql += " AND key > ?"
             args.append(after)
         elif prefix:
@@ -459,8 +475,9 @@ class SqlStore:
             return [row[0] for row in cur.fetchall()]
 
     def trim(self, older_than: float) -> int:
-        """Drop events older than ``older_than`` and remember the newest id dropped; also
-        forget vector deletions old enough for every cache to have seen them."""
+        """Drop events older than ``older_than``, ``TRIM_BATCH`` at a time with a pause
+        between, and remember the newest id dropped; also forget vector deletions old enough
+        for every cache to have seen them."""
         with self._write() as cur:
             cur.execute(self._sql("SELECT MAX(seq) FROM vectors WHERE embedding IS NULL "
                                   "AND updated_at < ?"), (now() - VECTOR_TOMBSTONE_SECONDS,))
@@ -470,15 +487,25 @@ class SqlStore:
                             (forgotten,))
                 cur.execute(self._sql("UPDATE log_meta SET value = ? "
                                       "WHERE name = 'vectors_forgotten_through'"), (forgotten,))
+        with self._read() as cur:
             cur.execute(self._sql("SELECT MAX(id) FROM events WHERE epoch < ?"), (older_than,))
             newest = cur.fetchone()[0]
-            if newest is None:
-                return 0
-            cur.execute(self._sql("DELETE FROM events WHERE id <= ?"), (newest,))
-            removed = cur.rowcount
-            cur.execute(self._sql("UPDATE log_meta SET value = ? "
-                                  "WHERE name = 'trimmed_through' AND value < ?"), (newest, newest))
-            return removed
+        removed = 0
+        while newest is not None:
+            with self._write() as cur:
+                cur.execute("SELECT MIN(id) FROM events")
+                oldest = cur.fetchone()[0]
+                if oldest is None or oldest > newest:
+                    break
+                through = min(newest, oldest + TRIM_BATCH - 1)
+                cur.execute(self._sql("DELETE FROM events WHERE id <= ?"), (through,))
+                removed += cur.rowcount
+                cur.execute(self._sql("UPDATE log_meta SET value = ? WHERE name = "
+                                      "'trimmed_through' AND value < ?"), (through, through))
+            if through == newest:
+                break
+            pause()
+        return removed
 
     # -- vectors -----------------------------------------------------------------------------
     def _next_vector_seq(self, cur: Any) -> int:

@@ -27,16 +27,16 @@ class SqliteStore(SqlStore):
     """A file database shared by every worker process on one machine.
 
     sqlite3 calls block the gevent hub while they run, so every statement is short (the log
-    reader pages). ``BEGIN IMMEDIATE`` takes the write lock up front: writers from several
-    processes queue on ``busy_timeout`` instead of failing, and ids commit in id order, which is
-    what lets a follower read the log by ``id > cursor`` without missing anything.
+    reader pages). ``BEGIN IMMEDIATE`` takes the write lock up front, so ids commit in id order,
+    which is what lets a follower read the log by ``id > cursor`` without missing anything.
+    Writers from several processes wait for the lock in short cooperative pauses (see
+    ``_begin_write``) rather than in SQLite's busy handler, and answer 503 after ``LOCK_SECONDS``.
 
     ``sqlite:///:memory:`` keeps everything in this process, on one connection that lives as
     long as the store: for tests and trials, not for a server with several workers.
     """
 
     pool_size = 4
-    poll_seconds = 0.25  # a safety net: the doorbell wakes other processes' followers at once
 
     def __init__(self, path: str) -> None:
         super().__init__()
@@ -150,7 +150,10 @@ class SqliteStore(SqlStore):
             finally:
                 cur.close()
         if self._doorbell is not None:
-            self._doorbell.ring()
+            try:
+                self._doorbell.ring()
+            except OSError:  # committed: the others' poll finds it, only later
+                log.warning("could not ring the other processes' doorbells", exc_info=True)
 
     def _has_column(self, cur: Any, table: str, column: str) -> bool:
         cur.execute(f"PRAGMA table_info({table})")

@@ -62,10 +62,10 @@ def _websocket_guard() -> None:
     subscribe before it, so the client is subscribed once it sees the socket open."""
     if request.endpoint != WS_ENDPOINT:
         return
-    if (not request.headers.get("Sec-WebSocket-Key")
+    if (not request.headers.get("Sec-WebSocket-Key") or not request.headers.get("Host")
             or request.headers.get("Sec-WebSocket-Version") != "13"):
-        raise Refused(400, "invalid_handshake", "A WebSocket upgrade needs Sec-WebSocket-Key "
-                                                "and Sec-WebSocket-Version: 13.")
+        raise Refused(400, "invalid_handshake", "A WebSocket upgrade needs Host, "
+                                                "Sec-WebSocket-Key and Sec-WebSocket-Version: 13.")
     g.memory_protocol = _protocol_client()
     g.memory_peer = ws.SocketPeer()
     g.memory_stream = iter(_open_stream("ws", g.memory_peer, lifetime=g.memory_protocol))

@@ -66,13 +66,12 @@ def _cursor(value: str | None) -> tuple[str, str] | None:
         return None
     try:
         after = json.loads(base64.urlsafe_b64decode(value.strip().encode() + b"=="))
-    except (ValueError, binascii.Error):
-        after = None
-    if not (isinstance(after, list) and len(after) == 2
-            and all(isinstance(part, str) for part in after)):
+        if not (isinstance(after, list) and len(after) == 2):
+            raise ValueError("not a cursor")
+        return text(after[0], "cursor"), text(after[1], "cursor")
+    except (ValueError, binascii.Error, RecursionError, Invalid):
         raise Invalid("invalid_cursor", "'cursor' must be a value from a previous answer's "
-                                        "Link header.")
-    return after[0], after[1]
+                                        "Link header.") from None
 
 
 def _next_link(after: tuple[str, str]) -> str:

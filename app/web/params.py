@@ -20,7 +20,7 @@ from ..core.scopes import candidates, text
 from ..settings import Settings
 from ..wire import MAX_ID, dump
 
-DIGITS = re.compile("[0-9]+")
+DIGITS = re.compile("[0-9]{1,19}")
 #: the longest time to live: about a hundred years
 MAX_TTL_SECONDS = 3.2e9
 
@@ -122,6 +122,7 @@ def ttl_seconds(fields: dict[str, Any]) -> float | None:
 def int_value(value: str | None, error: str, name: str, low: int, high: int) -> int:
     """Decimal digits only (Python's ``int`` would also take ``+1_0`` and other scripts')."""
     number = int(value) if value is not None and DIGITS.fullmatch(value) else None
+    # (at most 19 digits: no id is longer, and Python refuses very long ones)
     if number is None or not low <= number <= high:
         raise Invalid(error, f"'{name}' must be a whole number from {low} to {high}; "
                              f"got {value!r}.")

@@ -15,6 +15,8 @@ from .context import current_service
 from .errors import Refused
 
 STREAM_ENDPOINTS = {"events.events_sse", "events.events_ws", "events.events_ws_required"}
+#: what a page on an allowed origin may read of an answer: paging, the listing's position
+EXPOSED_HEADERS = "Link, X-Last-Event-ID, Retry-After"
 CORS_HEADERS = ("Content-Type, Authorization, X-API-Key, X-Workflow-ID, X-Session-ID, "
                 "X-Actor-ID, X-Agent-Node-ID, Last-Event-ID")
 
@@ -71,6 +73,7 @@ def install(app: Flask, allowed: tuple[str, ...]) -> None:
         if origin.lower() not in allowed:
             return response
         response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
         if request.method == "OPTIONS":
             response.headers["Access-Control-Allow-Methods"] = "GET, POST, DELETE, OPTIONS"
             response.headers["Access-Control-Allow-Headers"] = CORS_HEADERS
