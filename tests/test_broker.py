@@ -20,7 +20,7 @@ def event(event_id: int, key: str = "k", scope: str = "global", epoch: float = 0
 
 def broker(max_events: int = 100, max_bytes: int = 1 << 20) -> tuple[Broker, list]:
     delivered: list = []
-    return (Broker(max_events, max_bytes, lambda t, b, timed: delivered.append((t, b))),
+    return (Broker(max_events, max_bytes, lambda t, b, timed, n: delivered.extend([(t, b)] * n)),
             delivered)
 
 
@@ -208,3 +208,16 @@ def test_a_failed_direct_write_leaves_the_bundle_to_the_stream():
     thread.join(timeout=5)
     assert ids(taken[0]) == [1]
     assert subscriber.last_id == 0
+
+
+def test_a_bundle_written_to_many_waiting_streams_is_counted_once_for_all_of_them():
+    fanout, delivered = broker()
+    counted: list = []
+    fanout._delivered = lambda transport, bundles, timed, n: counted.append((transport, n))
+    subscribers = [fanout.subscribe(EventFilter(), "sse") for _ in range(3)]
+    for subscriber in subscribers:
+        subscriber.attach(StandInWriter())
+        subscriber._idle = True  # as if waiting in ``take``
+    fanout.publish([event(1)])
+    assert counted == [("sse", 3)]
+    assert [s.last_id for s in subscribers] == [1, 1, 1]

@@ -15,7 +15,7 @@ import threading
 from ..wire import EndReason
 from .events import Event, bundles
 from .filters import EventFilter
-from .subscriber import Delivered, Subscriber
+from .subscriber import REFUSED, WRITTEN, Delivered, Subscriber
 
 
 class Broker:
@@ -76,27 +76,56 @@ class Broker:
             return True
 
     def publish(self, events: list[Event]) -> None:
-        """Hand events, in log order, to every subscriber whose filter accepts them."""
-        overflowed: list[Subscriber] = []
+        """Hand events, in log order, to every subscriber whose filter accepts them; those
+        published before are left out."""
         with self._lock:
-            for selection, group in self._groups.items():
-                accepted = [event for event in events if selection(event)]
-                if not accepted:
-                    continue
-                for bundle in bundles(accepted):
-                    cut = [subscriber for subscriber in group if not subscriber.offer(bundle)]
-                    bundle.release()
-                    if cut:  # no later bundle may reach them: that would leave a gap
-                        group.difference_update(cut)
-                        overflowed += cut
-            for subscriber in overflowed:
-                subscriber.close(EndReason.OVERFLOW)
-                self._count -= 1
-            for selection in [s for s, group in self._groups.items() if not group]:
-                del self._groups[selection]
-                del self._canonical[selection]
-            if events:
-                self.head_id = events[-1].id
+            if events and events[0].id <= self.head_id:
+                events = [event for event in events if event.id > self.head_id]
+            self._publish(events)
+
+    def publish_next(self, events: list[Event]) -> bool:
+        """Publish ``events`` if they follow the head with no gap (``False``: the log must be
+        read). With nobody subscribed, only the head moves: every id up to the last of them
+        was committed before they were."""
+        with self._lock:
+            if not self._count:
+                self.head_id = max(self.head_id, events[-1].id)
+                return True
+            if events[0].id != self.head_id + 1:
+                return False
+            self._publish(events)
+            return True
+
+    def _publish(self, events: list[Event]) -> None:
+        """Under the lock: offer each event to the groups that want it, in order."""
+        overflowed: list[Subscriber] = []
+        for selection, group in self._groups.items():
+            accepted = [event for event in events if selection(event)]
+            if not accepted:
+                continue
+            for bundle in bundles(accepted):
+                cut: list[Subscriber] = []
+                written: dict[str, int] = {}
+                for subscriber in group:
+                    outcome = subscriber.offer(bundle)
+                    if outcome == WRITTEN:
+                        written[subscriber.transport] = written.get(subscriber.transport, 0) + 1
+                    elif outcome == REFUSED:
+                        cut.append(subscriber)
+                bundle.release()
+                for transport, count in written.items():  # counted once for all of them
+                    self._delivered(transport, [bundle], True, count)
+                if cut:  # no later bundle may reach them: that would leave a gap
+                    group.difference_update(cut)
+                    overflowed += cut
+        for subscriber in overflowed:
+            subscriber.close(EndReason.OVERFLOW)
+            self._count -= 1
+        for selection in [s for s, group in self._groups.items() if not group]:
+            del self._groups[selection]
+            del self._canonical[selection]
+        if events:
+            self.head_id = events[-1].id
 
     def close(self, reason: EndReason = EndReason.SHUTDOWN) -> None:
         """End every stream, and every stream opened from now on (graceful shutdown)."""

@@ -1,7 +1,8 @@
 """One follower per process reads the durable log in order and feeds the broker.
 
-Writes in this process wake it at once; writes from other processes (or hosts) are found by a
-cheap poll, or sooner when the store can signal them. Because everything live comes from the log,
+A write in this process hands its events over as it commits, and they are published at once
+when nothing came between; writes from other processes (or hosts) are found by a cheap poll, or
+sooner when the store can signal them. Because everything live comes from the log,
 history, resume and fan-out across processes are one path with one order. The follower also
 keeps the log to its retention and removes records whose time ran out.
 """
@@ -15,6 +16,7 @@ from typing import Callable
 
 from ..store import Store, StoreUnavailable
 from .broker import Broker
+from .events import Event
 from .expiry import Expiry
 from .filters import LogFilter
 
@@ -49,13 +51,20 @@ class Follower:
             if self._pid == os.getpid():
                 return
             self.broker.head_id = self.store.head_id()
-            self.store.watch(self.wake)
+            self.store.watch(self.wake, self.committed)
             threading.Thread(target=self._run, name="memory-log-follower", daemon=True).start()
             self._pid = os.getpid()
 
     def wake(self) -> None:
-        """A write committed in this process: read the log now."""
+        """Something was logged that this process has not seen: read the log now."""
         self._wake.set()
+
+    def committed(self, events: list[Event] | None) -> None:
+        """A commit of this process logged ``events`` (``None``: not all of them are known).
+        They are published at once, by the writer, when they follow what was published last;
+        otherwise the log is read."""
+        if events is None or not self.broker.publish_next(events):
+            self.wake()
 
     def stop(self) -> None:
         """Stop reading (the service is closing); a stopped follower never starts again."""

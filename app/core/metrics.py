@@ -85,15 +85,17 @@ class Deliveries:
         self._sum = 0.0
         self._flusher: int | None = None  # the fork count of the process whose flusher runs
 
-    def record(self, transport: str, bundles: list[Bundle], timed: bool = True) -> None:
-        """``bundles``: what was just written to one subscriber; ``timed``: count their
-        latencies too (a replay's are not)."""
+    def record(self, transport: str, bundles: list[Bundle], timed: bool = True,
+               subscribers: int = 1) -> None:
+        """``bundles``: what was just written to each of ``subscribers``; ``timed``: count
+        their latencies too (a replay's are not)."""
         now = time.time()
         with self._lock:
             for bundle in bundles:
-                self._counts[transport] += len(bundle)
+                self._counts[transport] += len(bundle) * subscribers
                 if timed:
-                    self._sum += add_latencies(self._buckets, bundle.epochs, now)
+                    self._sum += add_latencies(self._buckets, bundle.epochs, now,
+                                               subscribers)
         if self._flusher != _forks[0]:
             self._flusher = _forks[0]
             threading.Thread(target=self._flush_forever, name="memory-metrics",
@@ -122,9 +124,9 @@ class Deliveries:
             histogram._sum.inc(total)
 
 
-def add_latencies(buckets: list[int], epochs: list[float], now: float) -> float:
-    """Count each ``now - epoch`` into its bucket and return their sum (negative ones, from a
-    clock behind another host's, as zero).
+def add_latencies(buckets: list[int], epochs: list[float], now: float, times: int = 1) -> float:
+    """Count each ``now - epoch`` ``times`` into its bucket and return their sum (negative
+    ones, from a clock behind another host's, as zero).
 
     A bundle's events were committed moments apart, so they usually share one bucket, found
     from the youngest and the oldest; otherwise each bucket they span gets its count from one
@@ -135,7 +137,7 @@ def add_latencies(buckets: list[int], epochs: list[float], now: float) -> float:
     counted = 0
     for index in range(first, last):
         within = len(epochs) - bisect.bisect_left(epochs, now - BUCKETS[index])
-        buckets[index] += within - counted
+        buckets[index] += (within - counted) * times
         counted = within
-    buckets[last] += len(epochs) - counted
-    return sum(max(0.0, now - epoch) for epoch in epochs)
+    buckets[last] += (len(epochs) - counted) * times
+    return sum(max(0.0, now - epoch) for epoch in epochs) * times

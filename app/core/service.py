@@ -56,8 +56,8 @@ class Service:
                 opened = self._store is None
                 if opened:
                     self._store = open_store(self.settings.db_url)
-            if opened:  # the follower also expires records: it runs with or without writes
-                self._wake()
+            if opened:
+                self._follow()
         return self._store  # type: ignore[return-value]
 
     @property
@@ -97,32 +97,26 @@ class Service:
 
     def set(self, scope: str, scope_id: str, key: str, data: str, author: Author,
             if_version: int | None = None, ttl_seconds: float | None = None) -> Record:
-        try:
-            record = self.store.set(scope, scope_id, key, data, author, if_version, ttl_seconds)
-        finally:
-            self._wake()  # a refused write may still have logged an expiry
+        self._follow()
+        record = self.store.set(scope, scope_id, key, data, author, if_version, ttl_seconds)
         self.metrics.published.inc()
         return record
 
     def delete(self, scope: str, scope_id: str, key: str, author: Author,
                if_version: int | None = None) -> Record | None:
-        try:
-            old = self.store.delete(scope, scope_id, key, author, if_version)
-        finally:
-            self._wake()
+        self._follow()
+        old = self.store.delete(scope, scope_id, key, author, if_version)
         if old is not None:
             self.metrics.published.inc()
         return old
 
-    def _wake(self) -> None:
-        """Something may have been logged; nothing here may turn a durable change's answer
-        into an error."""
+    def _follow(self) -> None:
+        """Start this process's follower, which hears of every commit the store makes and
+        expires records whether anyone writes or not; nothing here may fail a request."""
         try:
             self.follower.ensure_running()
-        except Exception:  # the next stream or write starts it; the log has the change
+        except Exception:  # the next stream starts it; the log has every change
             log.exception("could not start the log follower")
-            return
-        self.follower.wake()
 
     # -- the log -----------------------------------------------------------------------------
     def history(self, selection: EventFilter, since: float | None, limit: int,

@@ -28,8 +28,12 @@ class Close:
     reason: EndReason
 
 
-#: hears of what was written to a subscriber: transport, bundles, whether to time them
-Delivered = Callable[[str, list[Bundle], bool], None]
+#: hears of what was written: transport, bundles, whether to time them, to how many subscribers
+Delivered = Callable[[str, list[Bundle], bool, int], None]
+
+#: what ``offer`` did with a bundle: refused it (over the bounds), took it (queued it, or dealt
+#: with it entirely), or wrote it whole to the waiting stream, which the caller counts
+REFUSED, TAKEN, WRITTEN = 0, 1, 2
 
 
 class Subscriber:
@@ -78,7 +82,7 @@ class Subscriber:
         delivery latency."""
         self._sent_id = bundles[-1].last_id
         self._wrote_at = time.monotonic()
-        self._delivered(self.transport, bundles, not replayed)
+        self._delivered(self.transport, bundles, not replayed, 1)
 
     def wrote(self) -> None:
         """Something other than events was written (a keepalive, a snapshot)."""
@@ -96,45 +100,51 @@ class Subscriber:
         self._writer = writer
         self._wrote_at = time.monotonic()
 
-    def offer(self, bundle: Bundle) -> bool:
-        """Queue ``bundle``, or nothing and ``False`` if more than the bounds would wait; an
-        ended stream takes nothing more."""
+    def offer(self, bundle: Bundle) -> int:
+        """Write ``bundle`` to the stream if it waits with nothing queued, else queue it;
+        ``REFUSED`` (and nothing done) if more than the bounds would wait. An ended stream
+        takes nothing more."""
         if self.ended is not None:
-            return True
-        if self._idle and self._write(bundle):
-            return True
+            return TAKEN
+        if self._idle:
+            outcome = self._write(bundle)
+            if outcome:
+                return outcome
         with self._lock:
             if (self._events + len(bundle) > self._max_events
                     or self._bytes + bundle.size > self._max_bytes):
-                return False
+                return REFUSED
             self._items.append(bundle)
             self._events += len(bundle)
             self._bytes += bundle.size
         self._ready.set()
-        return True
+        return TAKEN
 
-    def _write(self, bundle: Bundle) -> bool:
-        """Write ``bundle`` to the waiting stream; ``False`` leaves it to the stream."""
-        assert self._writer is not None
-        newer = bundle.after(self._floor)
+    def _write(self, bundle: Bundle) -> int:
+        """Write ``bundle`` to the waiting stream; ``REFUSED`` leaves it to the stream."""
+        writer = self._writer
+        assert writer is not None
+        newer = bundle if bundle.events[0].id > self._floor else bundle.after(self._floor)
         if newer is None:
-            return True
+            return TAKEN
         try:
-            written = self._writer.write(newer)
+            written = writer.write(newer)
         except Exception:  # never let one stream's socket stop the fan-out to the others
             log.exception("writing to a stream directly failed; it writes for itself now")
             self._writer, written = None, False
         if not written:
             self._idle = False  # the stream's own write will find out what went wrong
-            return False
+            return REFUSED
         self._sent_id = newer.last_id
         self._wrote_at = time.monotonic()
-        if self._writer.unsent:  # the stream writes the rest before anything else
+        if writer.unsent:  # the stream writes the rest before anything else
             self._idle = False
             self._ready.set()
-        else:
-            self._delivered(self.transport, [newer], True)
-        return True
+            return TAKEN
+        if newer is bundle:
+            return WRITTEN
+        self._delivered(self.transport, [newer], True, 1)
+        return TAKEN
 
     def close(self, reason: EndReason) -> None:
         """Drop what is waiting (a stuck reader holds no memory) and queue the end."""
@@ -163,7 +173,7 @@ class Subscriber:
             if self._writer is not None and self._writer.unsent:
                 finished = self._writer.flush()  # what a direct write left goes out first
                 if finished is not None:
-                    self._delivered(self.transport, [finished], True)
+                    self._delivered(self.transport, [finished], True, 1)
         events = size = count = 0
         with self._lock:
             for item in self._items:

@@ -17,10 +17,13 @@ from ..core.events import Bundle
 class DirectWriter:
     """One SSE response's socket, written to without waiting, in gunicorn's chunked framing."""
 
-    __slots__ = ("_sock", "_response", "_unsent", "_pending")
+    __slots__ = ("_sock", "_send", "_response", "_unsent", "_pending")
 
     def __init__(self, sock: Any, response: Any) -> None:
         self._sock = sock
+        # gevent keeps the operating system's socket non-blocking underneath its own, so a
+        # send on that one never waits and skips gevent's wrapper
+        self._send = getattr(sock, "_sock", sock).send
         self._response = response
         self._unsent: bytes | memoryview = b""  # the tail of ``_pending``'s chunk
         self._pending: Bundle | None = None
@@ -32,7 +35,7 @@ class DirectWriter:
     def write(self, bundle: Bundle) -> bool:
         data = bundle.sse_chunk
         try:
-            sent = self._sock.send(data, 0, timeout=0.0)
+            sent = self._send(data)
         except BlockingIOError:
             sent = 0
         except OSError:

@@ -112,7 +112,10 @@ class Store(Protocol):
     # -- operations ----------------------------------------------------------------------
     def ping(self) -> None: ...
 
-    def watch(self, wake: Callable[[], None]) -> None:
-        """Call ``wake`` when another process may have written."""
+    def watch(self, wake: Callable[[], None],
+              committed: Callable[[list[Event] | None], None] | None = None) -> None:
+        """Call ``wake`` when another process may have written, and ``committed`` right after
+        each commit of this process that logged events, with them in id order (``None``
+        when some were logged without being seen)."""
 
     def close(self) -> None: ...

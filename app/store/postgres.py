@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 import weakref
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Sequence
@@ -16,6 +17,7 @@ from typing import Any, Callable, Iterator, Sequence
 import psycopg
 from psycopg_pool import ConnectionPool
 
+from ..core.events import Event
 from ..core.globs import shape
 from .interface import StoreUnavailable
 from .sql import SqlStore
@@ -60,8 +62,9 @@ class PostgresStore(SqlStore):
     schema creation, where two hosts running ``CREATE TABLE IF NOT EXISTS`` at once could
     otherwise collide, and makes each read-then-write of a memory row atomic.
 
-    **Wake-ups.** Each event's transaction also runs ``NOTIFY``, delivered only on commit. One
-    listening connection per process turns notifications into follower wake-ups; the follower
+    **Wake-ups.** Each event's transaction also runs ``NOTIFY``, delivered only on commit, with
+    the writing process's token. One listening connection per process turns the other
+    processes' notifications into follower wake-ups (its own commits are handed over directly); the follower
     reads the log itself, so a notification lost while reconnecting costs only latency (the
     listener wakes the follower after every reconnect, and the follower also polls).
 
@@ -82,6 +85,8 @@ class PostgresStore(SqlStore):
     def __init__(self, url: str) -> None:
         super().__init__()
         self.url = url
+        self._token = uuid.uuid4().hex  # names this process's notifications
+        self._notified = False  # in the open write transaction
         self._pool = ConnectionPool(
             url, min_size=1, max_size=self.pool_size, open=False, name="memory-events",
             timeout=POOL_TIMEOUT_SECONDS, reconnect_timeout=RECONNECT_SECONDS,
@@ -131,16 +136,23 @@ class PostgresStore(SqlStore):
     def _write(self) -> Iterator[Any]:
         with self._connection() as conn, conn.transaction(), conn.cursor() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (LOG_LOCK,))
+            self._notified = False
             yield cur
 
     def _insert_event(self, cur: Any, *values: Any) -> int:
         event_id = super()._insert_event(cur, *values)
-        cur.execute(f"NOTIFY {CHANNEL}")
+        self._notify(cur)
         return event_id
 
     def _log_many(self, cur: Any, rows: list[tuple]) -> None:
         super()._log_many(cur, rows)
-        cur.execute(f"NOTIFY {CHANNEL}")
+        self._notify(cur)
+
+    def _notify(self, cur: Any) -> None:
+        """Once per transaction: the others read everything it logged when woken."""
+        if not self._notified:
+            cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, self._token))
+            self._notified = True
 
     def _has_column(self, cur: Any, table: str, column: str) -> bool:
         cur.execute("SELECT 1 FROM information_schema.columns WHERE table_schema = "
@@ -156,7 +168,9 @@ class PostgresStore(SqlStore):
     def _ids_in(self, column: str, ids: Sequence[int]) -> tuple[str, list]:
         return f"{column} = ANY(%s)", [list(ids)]
 
-    def watch(self, wake: Callable[[], None]) -> None:
+    def watch(self, wake: Callable[[], None],
+              committed: Callable[[list[Event] | None], None] | None = None) -> None:
+        super().watch(wake, committed)
         threading.Thread(target=self._listen, args=(wake,), name="memory-events-listener",
                          daemon=True).start()
 
@@ -170,8 +184,9 @@ class PostgresStore(SqlStore):
                     conn.execute(f"LISTEN {CHANNEL}")
                     pause = first
                     wake()  # for whatever was committed while this process was not listening
-                    for _ in conn.notifies():
-                        wake()
+                    for notice in conn.notifies():
+                        if notice.payload != self._token:
+                            wake()
             except psycopg.Error as exc:
                 log.warning("listening on %s failed, retrying in %.1fs: %s", CHANNEL, pause, exc)
             time.sleep(pause)

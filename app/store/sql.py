@@ -97,7 +97,10 @@ class SqlStore:
 
     def __init__(self) -> None:
         #: memory writes made at the same moment in this process share a transaction
-        self._group = GroupCommit(self._write)
+        self._group = GroupCommit(self._logging)
+        #: the events the open write transaction logged; ``None``: some were logged unseen
+        self._logged: list[Event] | None = []
+        self._committed: Callable[[list[Event] | None], None] | None = None
 
     # -- provided by each database -----------------------------------------------------------
     @contextmanager
@@ -134,9 +137,23 @@ class SqlStore:
     def close(self) -> None:
         raise NotImplementedError
 
-    def watch(self, wake: Callable[[], None]) -> None:
-        """Call ``wake`` when another process may have written. Without such a signal the
-        follower's poll finds those writes."""
+    def watch(self, wake: Callable[[], None],
+              committed: Callable[[list[Event] | None], None] | None = None) -> None:
+        """Call ``wake`` when another process may have written (without such a signal the
+        follower's poll finds those writes), and ``committed`` after each commit of this
+        process that logged events."""
+        self._committed = committed
+
+    @contextmanager
+    def _logging(self) -> Iterator[Any]:
+        """A write transaction whose logged events are handed to ``committed`` once it has
+        committed, so this process publishes its own changes without reading them back."""
+        with self._write() as cur:
+            self._logged = []
+            yield cur
+            logged, self._logged = self._logged, []
+        if self._committed is not None and logged != []:
+            self._committed(logged)
 
     # -- shared ------------------------------------------------------------------------------
     def _sql(self, text: str) -> str:
@@ -340,7 +357,7 @@ class SqlStore:
             cur.execute(due, (moment, 1))
             if cur.fetchone() is None:
                 return 0
-        with self._write() as cur:  # two statements for the whole batch, not a few per record
+        with self._logging() as cur:  # two statements for the whole batch, not a few per record
             cur.execute(self._sql(f"SELECT {RECORD_COLUMNS} FROM memory WHERE expires_at IS NOT "
                                   "NULL AND expires_at <= ? ORDER BY expires_at LIMIT ?"),
                         (moment, limit))
@@ -360,14 +377,18 @@ class SqlStore:
     def _insert_event(self, cur: Any, moment: float, scope: str, scope_id: str, key: str,
                       action: str, data: str | None, previous_data: str | None, author: Author,
                       reason: str | None = None) -> int:
-        cur.execute(self._sql(INSERT_EVENT + " RETURNING id"),
-                    (moment, scope, scope_id, key, action, data, previous_data, author.agent_id,
-                     author.actor_id, author.workflow_id, reason))
-        return cur.fetchone()[0]
+        values = (moment, scope, scope_id, key, action, data, previous_data, author.agent_id,
+                  author.actor_id, author.workflow_id, reason)
+        cur.execute(self._sql(INSERT_EVENT + " RETURNING id"), values)
+        event_id = cur.fetchone()[0]
+        if self._logged is not None:
+            self._logged.append(Event(event_id, *values))
+        return event_id
 
     def _log_many(self, cur: Any, rows: list[tuple]) -> None:
-        """Events whose ids nobody waits for, in one statement."""
+        """Events whose ids nobody waits for, in one statement; the follower reads them."""
         cur.executemany(self._sql(INSERT_EVENT), rows)
+        self._logged = None
 
     # -- the log -----------------------------------------------------------------------------
     def head_id(self) -> int:

@@ -9,6 +9,7 @@ import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
+from ..core.events import Event
 from .doorbell import Doorbell
 from .interface import StoreUnavailable
 from .pool import FairPool
@@ -159,7 +160,9 @@ class SqliteStore(SqlStore):
         cur.execute(f"PRAGMA table_info({table})")
         return any(row[1] == column for row in cur.fetchall())
 
-    def watch(self, wake: Callable[[], None]) -> None:
+    def watch(self, wake: Callable[[], None],
+              committed: Callable[[list[Event] | None], None] | None = None) -> None:
+        super().watch(wake, committed)
         if self._doorbell is None:
             return
         try:

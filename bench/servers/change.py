@@ -18,5 +18,5 @@ def change_event(body: dict[str, Any]) -> tuple[int, str]:
         "timestamp": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
         "scope": "global", "scope_id": "global", "key": body["key"], "action": "set",
         "data": body["data"], "previous_data": None,
-        "metadata": {"agent_id": "", "workflow_id": ""},
+        "metadata": {"agent_id": "", "actor_id": "", "workflow_id": ""},
     }, separators=(",", ":"))
