@@ -51,19 +51,31 @@ def test_what_the_socket_cannot_take_now_is_flushed_whole():
     ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     writer = DirectWriter(ours, StandInResponse())
     bundle = bundle_of(300_000)
-    chunk = bundle.sse_chunk
+    chunk_size = len(b"%X\r\n" % bundle.size) + bundle.size + 2
     assert writer.write(bundle)  # at once, whatever fits
     assert writer.unsent
 
     def read_all() -> bytes:
         data = b""
-        while len(data) < len(chunk):
+        while len(data) < chunk_size:
             data += theirs.recv(1 << 16)
         return data
     reader = gevent.spawn(read_all)
     assert writer.flush() is bundle
     assert dechunk(reader.get(timeout=10)) == [bundle.sse]
     assert not writer.unsent
+
+
+def test_streams_that_take_turns_each_get_the_chunk_of_their_own_bundle():
+    pairs = [gsocket.socketpair() for _ in range(3)]
+    bundle = bundle_of(10)
+    for ours, theirs in pairs:
+        assert DirectWriter(ours, StandInResponse()).write(bundle)
+        assert dechunk(theirs.recv(1 << 16)) == [bundle.sse]
+    other = bundle_of(20)
+    ours, theirs = pairs[0]
+    assert DirectWriter(ours, StandInResponse()).write(other)
+    assert dechunk(theirs.recv(1 << 16)) == [other.sse]
 
 
 def test_a_write_to_a_closed_peer_fails_without_raising():

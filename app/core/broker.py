@@ -112,7 +112,6 @@ class Broker:
                         written[subscriber.transport] = written.get(subscriber.transport, 0) + 1
                     elif outcome == REFUSED:
                         cut.append(subscriber)
-                bundle.release()
                 for transport, count in written.items():  # counted once for all of them
                     self._delivered(transport, [bundle], True, count)
                 if cut:  # no later bundle may reach them: that would leave a gap

@@ -53,16 +53,15 @@ class Bundle:
     """Events written to a subscriber together, in log order.
 
     The broker makes one bundle per change and per distinct filter, and hands that same object
-    to every subscriber with the filter, so the HTTP chunk of a direct write, and the commit
-    times sorted for the latency metric, are made once however many subscribers get it.
+    to every subscriber with the filter, so its frames, and the commit times sorted for the
+    latency metric, are joined and sorted once however many subscribers get it.
     """
 
-    __slots__ = ("events", "size", "_chunk", "_epochs")
+    __slots__ = ("events", "size", "_epochs")
 
     def __init__(self, events: list[Event]) -> None:
         self.events = events
         self.size = sum(event.size for event in events)
-        self._chunk: bytes | None = None
         self._epochs: list[float] | None = None
 
     def __len__(self) -> int:
@@ -78,18 +77,6 @@ class Bundle:
         if len(self.events) == 1:
             return self.events[0].sse_frame
         return b"".join(event.sse_frame for event in self.events)
-
-    @property
-    def sse_chunk(self) -> bytes:
-        """The SSE frames as one HTTP/1.1 chunk, for writing past the server's own framing;
-        kept until ``release`` so every subscriber written to at once shares it."""
-        if self._chunk is None:
-            self._chunk = b"%X\r\n%s\r\n" % (self.size, self.sse)
-        return self._chunk
-
-    def release(self) -> None:
-        """Drop the chunk once it has been offered to everyone: a backlog keeps frames only."""
-        self._chunk = None
 
     @property
     def epochs(self) -> list[float]:

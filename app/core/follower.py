@@ -98,8 +98,8 @@ class Follower:
         self._wake.set()
 
     def _catch_up(self) -> None:
-        if self.broker.skip_to(self.store.head_id()):
-            return  # nobody listens in this process: nothing to read
+        if not len(self.broker):
+            return  # nobody listens in this process: the first stream moves the head
         for events in self.store.read_log(LogFilter(), self.broker.head_id):
             self.broker.publish(events)
 

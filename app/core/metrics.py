@@ -22,10 +22,6 @@ TRANSPORTS = ("sse", "ws")
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 FLUSH_SECONDS = 0.5
 
-#: counts forks, so a forked worker knows it has none of its parent's flusher threads
-_forks = [0]
-os.register_at_fork(after_in_child=lambda: _forks.__setitem__(0, _forks[0] + 1))
-
 
 class Metrics:
     def __init__(self) -> None:
@@ -83,7 +79,7 @@ class Deliveries:
         self._counts = dict.fromkeys(TRANSPORTS, 0)
         self._buckets = [0] * (len(BUCKETS) + 1)
         self._sum = 0.0
-        self._flusher: int | None = None  # the fork count of the process whose flusher runs
+        self._flusher: int | None = None  # the process whose flusher runs: a fork has none
 
     def record(self, transport: str, bundles: list[Bundle], timed: bool = True,
                subscribers: int = 1) -> None:
@@ -96,8 +92,8 @@ class Deliveries:
                 if timed:
                     self._sum += add_latencies(self._buckets, bundle.epochs, now,
                                                subscribers)
-        if self._flusher != _forks[0]:
-            self._flusher = _forks[0]
+        if self._flusher != os.getpid():
+            self._flusher = os.getpid()
             threading.Thread(target=self._flush_forever, name="memory-metrics",
                              daemon=True).start()
 

@@ -114,11 +114,14 @@ class Stream:
         try:
             yield frame(Opened())
             reset = None
-            if self.last_event_id is not None:
+            # With a snapshot, resuming from 0 (before every event) means having nothing yet.
+            resuming = self.last_event_id is not None and not (self.snapshot
+                                                               and self.last_event_id == 0)
+            if resuming:
                 reset = yield from self._replay(subscriber, frame)
                 if reset is not None and not self.snapshot:
                     yield frame(reset)
-            if self.snapshot and (self.last_event_id is None or reset is not None):
+            if self.snapshot and (not resuming or reset is not None):
                 yield from self._snapshot(subscriber, frame)
             # Live, in this frame rather than a generator of its own: an idle stream keeps its
             # whole stack while it waits, and each level costs memory.
@@ -177,6 +180,8 @@ class Stream:
         if store.trimmed_through() > cursor:
             return Reset(ResetReason.HISTORY_TRIMMED, store.oldest_id())
         for page in store.read_log(self.selection.log, cursor, upto):
+            if subscriber.ended is not None:  # the client left, or the server is stopping
+                break
             if store.trimmed_through() > cursor:
                 return Reset(ResetReason.HISTORY_TRIMMED, store.oldest_id())
             cursor = page[-1].id
@@ -194,12 +199,14 @@ class Stream:
         Pages are read one query at a time, not in one long transaction, and hold fewer
         records when the values are large. A record whose version is newer than N changed
         after N, so it is left out: the live events after N, which the stream sends next,
-        carry its change.
+        carry its change. A stream that ends before the snapshot is whole tells the client
+        to resume from where it stood before (0: it had nothing), which brings a new one.
         """
         position = self.store.head_id()
-        subscriber.skip_through(position)
+        held = subscriber.sent_id if subscriber.sent_id is not None else self.last_event_id
+        subscriber.snapshot_from(position, held or 0)
         after, limit = None, FIRST_PAGE
-        while True:
+        while subscriber.ended is None:
             page = self.store.records(self.selection.log, after, limit)
             records = [r for r in page if r.version <= position and self.selection(r)]
             if records:
@@ -209,5 +216,6 @@ class Stream:
                 break
             after = (page[-1].key, page[-1].scope, page[-1].scope_id)
             limit = next_page(len(page), sum(len(r.data) for r in page), SNAPSHOT_PAGE)
-        yield frame(SnapshotEnd(position))
-        subscriber.wrote()
+        if subscriber.ended is None:
+            yield frame(SnapshotEnd(position))
+            subscriber.snapshot_sent()

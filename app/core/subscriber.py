@@ -37,7 +37,7 @@ REFUSED, TAKEN, WRITTEN = 0, 1, 2
 
 
 class Subscriber:
-    __slots__ = ("selection", "start_id", "transport", "_floor", "_sent_id", "_wrote_at",
+    __slots__ = ("selection", "start_id", "transport", "_floor", "_sent_id", "_held", "_wrote_at",
                  "_max_events", "_max_bytes", "_items", "_events", "_bytes", "_lock", "_ready",
                  "_writer", "_idle", "_delivered", "ended", "__weakref__")
 
@@ -48,6 +48,7 @@ class Subscriber:
         self.transport = transport
         self._floor = start_id  # events up to here are not for this stream
         self._sent_id: int | None = None  # the newest event written to it
+        self._held: int | None = None  # where the client resumes while a snapshot is under way
         self._wrote_at = time.monotonic()
         self._max_events = max_events
         self._max_bytes = max_bytes
@@ -65,8 +66,17 @@ class Subscriber:
     # -- what the stream keeps track of --------------------------------------------------
     @property
     def last_id(self) -> int:
-        """Where the client resumes: the newest event it was sent, or the floor."""
-        return self._floor if self._sent_id is None else self._sent_id
+        """Where the client resumes: the newest event it was sent, or the floor when that is
+        newer (a snapshot after a replay reflects more than the events it replayed); while a
+        snapshot is under way, where the client was before it."""
+        if self._held is not None:
+            return self._held
+        return self._floor if self._sent_id is None else max(self._floor, self._sent_id)
+
+    @property
+    def sent_id(self) -> int | None:
+        """The newest event written to the client, if any."""
+        return self._sent_id
 
     @property
     def wrote_at(self) -> float:
@@ -74,8 +84,19 @@ class Subscriber:
         return self._wrote_at
 
     def skip_through(self, event_id: int) -> None:
-        """Events up to ``event_id`` reached the client another way (replay, a snapshot)."""
+        """Events up to ``event_id`` reached the client another way (a replay)."""
         self._floor = max(self._floor, event_id)
+
+    def snapshot_from(self, position: int, resume_at: int) -> None:
+        """A snapshot as of ``position`` begins: live events up to it are not for the client,
+        which, until the snapshot is complete, still resumes from ``resume_at``."""
+        self.skip_through(position)
+        self._held = resume_at
+
+    def snapshot_sent(self) -> None:
+        """The whole snapshot was written: the client now stands at its position."""
+        self._held = None
+        self.wrote()
 
     def sent(self, bundles: list[Bundle], replayed: bool = False) -> None:
         """``bundles`` were written to the client; replayed ones are old, and their age is no

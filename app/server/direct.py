@@ -14,6 +14,24 @@ from typing import Any
 from ..core.events import Bundle
 
 
+class _LastChunk:
+    """The HTTP chunk of the bundle written last: the broker writes one bundle to every waiting
+    stream of a group in one pass, so they all share one chunk, and nothing older is kept."""
+    __slots__ = ("bundle", "chunk")
+
+    def __init__(self) -> None:
+        self.bundle: Bundle | None = None
+        self.chunk = b""
+
+    def of(self, bundle: Bundle) -> bytes:
+        if bundle is not self.bundle:
+            self.bundle, self.chunk = bundle, b"%X\r\n%s\r\n" % (bundle.size, bundle.sse)
+        return self.chunk
+
+
+_last = _LastChunk()  # one per process: direct writes all happen on the event loop's thread
+
+
 class DirectWriter:
     """One SSE response's socket, written to without waiting, in gunicorn's chunked framing."""
 
@@ -33,7 +51,7 @@ class DirectWriter:
         return bool(self._unsent)
 
     def write(self, bundle: Bundle) -> bool:
-        data = bundle.sse_chunk
+        data = _last.of(bundle)
         try:
             sent = self._send(data)
         except BlockingIOError:

@@ -1,0 +1,69 @@
+"""The stream core on its own (no HTTP): where a client resumes when a stream ends."""
+from __future__ import annotations
+
+from typing import Callable
+
+from flask import Flask
+
+from app.core.filters import EventFilter
+from app.core.records import Author
+from app.core.service import Service
+from app.core.stream import Batch, End, Snapshot, SnapshotEnd
+from app.web.context import EXTENSION
+from app.wire import EndReason
+
+RECORDS = 100  # several snapshot pages
+
+
+def service_with_records(app_factory: Callable[..., Flask]) -> Service:
+    service: Service = app_factory().extensions[EXTENSION]
+    for n in range(RECORDS):
+        service.set("global", "global", f"k.{n:03d}", str(n), Author())
+    return service
+
+
+def items_until_end(stream: object, close_after: type | tuple[type, ...],
+                    service: Service) -> list:
+    """Every item of ``stream``; the server stops once the first ``close_after`` is out."""
+    items = []
+    for item in stream:  # type: ignore[attr-defined]
+        items.append(item)
+        if isinstance(item, close_after) and not service.broker.closed:
+            service.broker.close(EndReason.SHUTDOWN)
+        if isinstance(item, End):
+            return items
+    raise AssertionError("the stream ended without an End")
+
+
+def test_a_stream_cut_during_its_snapshot_resumes_from_where_the_client_stood(app_factory):
+    service = service_with_records(app_factory)
+    items = items_until_end(service.stream(EventFilter(), None, "sse", snapshot=True),
+                            Snapshot, service)
+    assert not any(isinstance(item, SnapshotEnd) for item in items)
+    assert items[-1] == End(EndReason.SHUTDOWN, 0)  # it had nothing: a new snapshot, next time
+
+
+def test_a_resumed_stream_cut_during_its_fresh_snapshot_keeps_the_clients_position(
+        app_factory):
+    service = service_with_records(app_factory)
+    unknown = service.store.head_id() + 1000  # a position this log never reached
+    items = items_until_end(service.stream(EventFilter(), unknown, "sse", snapshot=True),
+                            Snapshot, service)
+    assert items[-1] == End(EndReason.SHUTDOWN, unknown)
+
+
+def test_a_stream_cut_after_its_snapshot_resumes_from_the_snapshots_position(app_factory):
+    service = service_with_records(app_factory)
+    items = items_until_end(service.stream(EventFilter(), None, "sse", snapshot=True),
+                            SnapshotEnd, service)
+    sent = sum(len(item.records) for item in items if isinstance(item, Snapshot))
+    assert sent == RECORDS
+    assert items[-1] == End(EndReason.SHUTDOWN, service.store.head_id())
+
+
+def test_with_a_snapshot_resuming_from_0_means_having_nothing(app_factory):
+    service = service_with_records(app_factory)
+    items = items_until_end(service.stream(EventFilter(), 0, "sse", snapshot=True),
+                            (SnapshotEnd, Batch), service)
+    assert sum(len(item.records) for item in items if isinstance(item, Snapshot)) == RECORDS
+    assert not any(isinstance(item, Batch) for item in items)  # no replay of the log
