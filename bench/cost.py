@@ -1,4 +1,4 @@
-"""Reads that cost their answer, and readers that cannot hurt a worker (issue 11):
+"""Reads that cost their answer, and readers that cannot hurt a worker:
 ``python -m bench.cost``.
 
 On SQLite and on PostgreSQL, one gevent worker with the default settings, a log of 1,000,000
@@ -13,7 +13,8 @@ events (``bulk.N``, filled straight through the store as ``tests/test_store.py``
   reported without a target;
 * the worker's RSS growth while 10 frozen SSE readers (raw sockets that read the headers, then
   never read), each on its own ``?scope=actor&scope_id=aN``, are sent 900 values of 200 KB
-  each, and how many of them were overflowed.
+  each, and how many of them were overflowed: each is sent far more than
+  ``MEMORY_SUBSCRIBER_BYTES``, so a reader that was not is flagged (``NOT MET``).
 
 Each query runs ``--rounds`` times; the table shows the median and the worst, and a target is
 judged on the worst. PostgreSQL gets ``VACUUM ANALYZE events`` after the fill, as autovacuum
@@ -55,6 +56,8 @@ SELECTIVE = "rare.*"
 NO_PREFIX = "*rare.*"
 TARGET_MS = 50.0
 SUBSCRIBER_BYTES = 4 << 20  # MEMORY_SUBSCRIBER_BYTES' default
+#: a reader sent this many times the bound must have been overflowed
+OVERFLOW_FACTOR = 10
 FILL_BATCH = 50_000
 QUERY_DEADLINE = 120.0
 
@@ -203,6 +206,16 @@ def frozen_readers(server: Any, readers: int, values: int, value_bytes: int) -> 
             "readers": readers, "writes": readers * values, "write_seconds": written}
 
 
+def overflow_expected(args: argparse.Namespace) -> bool:
+    """Whether each frozen reader is sent so much more than ``MEMORY_SUBSCRIBER_BYTES`` that
+    no kernel socket buffer can hide it: then every one must be cut off with ``overflow``."""
+    return args.values * args.value_bytes >= OVERFLOW_FACTOR * SUBSCRIBER_BYTES
+
+
+def all_overflowed(frozen: dict[str, Any]) -> bool:
+    return frozen["overflowed_metric"] == frozen["ended_with_overflow"] == frozen["readers"]
+
+
 def thaw(sock: Any, timeout: float = 60.0) -> bool:
     """Read what the server kept for a frozen reader; whether it ended with ``overflow``."""
     deadline = time.monotonic() + timeout
@@ -238,8 +251,13 @@ def run_store(store: str, args: argparse.Namespace, dbs: Databases,
     server = start_server(stack, url, f"cost-{store}")
     found = queries(server, args.rounds)
     print(f"  {store}: queries done", flush=True)
-    found["frozen"] = frozen_readers(server, args.readers, args.values, args.value_bytes)
+    found["frozen"] = frozen = frozen_readers(server, args.readers, args.values,
+                                              args.value_bytes)
     print(f"  {store}: frozen readers done", flush=True)
+    if overflow_expected(args) and not all_overflowed(frozen):
+        print(f"  {store}: NOT MET: of {args.readers} frozen readers, "
+              f"{frozen['ended_with_overflow']} ended with `overflow` and the metric counted "
+              f"{frozen['overflowed_metric']}", flush=True)
     found["fill_seconds"] = fill_seconds
     stop_server(server)
     return found
@@ -271,11 +289,15 @@ def summarise(results: dict[str, Any], args: argparse.Namespace) -> str:
                 + [verdict(f["peak_growth_mb"], allowed_mb) for f in frozen])
     rows.append(["… RSS growth at the end (MiB)"] + [f"{f['growth_mb']:.1f}" for f in frozen]
                 + [f"≤ {allowed_mb:.1f}"] + [verdict(f["growth_mb"], allowed_mb) for f in frozen])
-    rows.append(["… worker RSS before (MiB)"] + [f"{f['rss_before_kb'] / 1024:.1f}" for f in frozen]
+    rows.append(["… worker RSS before (MiB)"]
+                + [f"{f['rss_before_kb'] / 1024:.1f}" for f in frozen]
                 + ["–"] * (1 + len(stores)))
+    judged = overflow_expected(args)
     rows.append(["… readers overflowed (metric / stream ended with `overflow`)"]
                 + [f"{f['overflowed_metric']} / {f['ended_with_overflow']}" for f in frozen]
-                + ["–"] * (1 + len(stores)))
+                + ([f"{args.readers} / {args.readers}"]
+                   + [verdict(0 if all_overflowed(f) else 1, 0) for f in frozen]
+                   if judged else ["–"] + ["no target"] * len(stores)))
     rows.append(["… writes/s while frozen readers held"]
                 + [f"{f['writes'] / f['write_seconds']:.0f}" for f in frozen]
                 + ["–"] * (1 + len(stores)))

@@ -1,4 +1,4 @@
-"""Live state (issue 14): ``python -m bench.state``.
+"""Live state: ``python -m bench.state``.
 
 On SQLite and on PostgreSQL, 2 gevent workers, default settings:
 

@@ -23,6 +23,11 @@ class KeyRange:
     low: str
     high: str | None
 
+    @property
+    def exact(self) -> bool:
+        """The range holds one key only (see ``key_ranges``)."""
+        return self.high == self.low + "\x01"
+
 
 @dataclass(frozen=True, slots=True)
 class LogFilter:
@@ -37,6 +42,12 @@ class LogFilter:
     keys: tuple[KeyRange, ...] | None = None
     since: float | None = None
     patterns: tuple[str, ...] = ()
+
+
+def implied_scope_id(scope: str | None, scope_id: str | None) -> str | None:
+    """The scope id a selection names: ``global`` has only one, so naming the scope names it
+    too, and an index on (scope, scope id, …) serves the pair."""
+    return "global" if scope == "global" and scope_id is None else scope_id
 
 
 def successor(prefix: str) -> str | None:
@@ -93,8 +104,8 @@ class EventFilter:
         self.scope_id = scope_id
         self.patterns = patterns
         self.keys = KeyMatcher(patterns) if patterns else None
-        self.log = LogFilter(scope, scope_id, key_ranges(patterns) if patterns else None,
-                             patterns=patterns)
+        self.log = LogFilter(scope, implied_scope_id(scope, scope_id),
+                             key_ranges(patterns) if patterns else None, patterns=patterns)
         self._key = (scope, scope_id, patterns)
 
     def __eq__(self, other: object) -> bool:

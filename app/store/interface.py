@@ -45,6 +45,12 @@ class StoredVector:
 
 @runtime_checkable
 class Store(Protocol):
+    #: how often a follower should look for writes nobody told it of (other processes')
+    poll_seconds: float
+    #: the longest a writer waiting for the write lock sleeps between two tries (0: writers
+    #: queue for it and are let in in turn)
+    lock_retry_seconds: float
+
     # -- memory --------------------------------------------------------------------------
     def get(self, scope: str, scope_id: str, key: str) -> Record | None:
         """The live record (an expired one is gone)."""
@@ -68,8 +74,9 @@ class Store(Protocol):
                if_version: int | None = None) -> Record | None:
         """Remove the record and log its event; ``None`` (and no event) when there was none."""
 
-    def expire(self, limit: int) -> int:
-        """Remove up to ``limit`` records whose time ran out, each with its ``delete`` event."""
+    def expire(self, limit: int) -> int | None:
+        """Remove up to ``limit`` records whose time ran out, each with its ``delete`` event,
+        in one transaction; ``None`` when another process is removing them now."""
 
     def next_expiry(self) -> float | None:
         """When the next record's time runs out."""
@@ -104,18 +111,19 @@ class Store(Protocol):
 
     def vector_changes(self, scope: str, scope_id: str, after_seq: int,
                        limit: int) -> list[StoredVector]:
-        """Vectors (deleted ones too) changed after ``after_seq``, in ``seq`` order."""
+        """Vectors (deleted ones too) changed after ``after_seq``, in ``seq`` order: about
+        ``limit``, more rather than splitting the rows that share the last ``seq``."""
 
     def vector_head(self, scope: str, scope_id: str) -> tuple[int, int]:
-        """The newest ``seq`` of a scope, and the newest ``seq`` of a forgotten deletion."""
+        """The newest ``seq`` of the scope, and the newest ``seq`` of a deletion in that scope
+        that was forgotten (0: none)."""
 
     # -- operations ----------------------------------------------------------------------
     def ping(self) -> None: ...
 
     def watch(self, wake: Callable[[], None],
-              committed: Callable[[list[Event] | None], None] | None = None) -> None:
+              committed: Callable[[list[Event]], None] | None = None) -> None:
         """Call ``wake`` when another process may have written, and ``committed`` right after
-        each commit of this process that logged events, with them in id order (``None``
-        when some were logged without being seen)."""
+        each commit of this process that logged events, with them in id order."""
 
     def close(self) -> None: ...

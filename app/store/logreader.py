@@ -4,15 +4,17 @@ Reading must cost what the reader receives, not the size of the log, and no sing
 hold a worker (sqlite3 blocks gevent's loop while a statement runs). So:
 
 * a short range of positions is read directly, in keyset pages;
-* otherwise an index narrows the rows first: the globs' literal prefixes as key ranges, the
-  exact scope and scope id, or the ``since`` time. An index offers at most ``CAP`` ids, read
-  without touching the rows, so a selective filter costs what it returns;
+* otherwise an index narrows the rows first: the globs' literal prefixes as key ranges, or the
+  ``since`` time. An index offers at most ``CAP`` ids of the range, read without touching the
+  rows, and reads no more of its entries than the range has positions, so a selective filter
+  costs what it returns. An exact scope and scope id hold their ids in id order in their
+  index, so those are read as they come, a page at a time, and cost what the reader takes;
 * when no index is narrow enough the log is scanned in windows of ``WINDOW`` positions, each
-  one query, with a pause between them for everyone else.
+  one query on the primary key, with a pause between them for everyone else.
 """
 from __future__ import annotations
 
-from typing import Iterator, Protocol
+from typing import Iterable, Iterator, Protocol
 
 from ..core.events import Event
 from ..core.filters import LogFilter
@@ -25,7 +27,9 @@ WINDOW = 4096
 CAP = 20_000
 PAGE = 500
 
-NARROWING = ("keys", "scope", "since")
+#: the narrowings whose ids are collected, then sorted and read: their indexes do not hold
+#: ids in id order (an exact scope's does, and is read as it goes: ``_scope_pages``)
+NARROWING = ("keys", "since")
 
 
 class LogSource(Protocol):
@@ -43,8 +47,14 @@ class LogSource(Protocol):
         """Ids an index offers for ``where`` (a superset of the matches), or ``None`` when the
         index has no such narrowing or more than ``cap``."""
 
-    def log_by_ids(self, where: LogFilter, ids: list[int], newest_first: bool) -> list[Event]:
-        """The events with these ids that pass ``where``, in order."""
+    def log_scope_ids(self, where: LogFilter, low: int, high: int, newest_first: bool,
+                      limit: int) -> list[int]:
+        """The first ``limit`` ids in ``(low, high]`` of ``where``'s exact scope and scope
+        id, in order."""
+
+    def log_by_ids(self, where: LogFilter, ids: list[int], newest_first: bool,
+                   limit: int) -> list[Event]:
+        """The first ``limit`` events with these ids that pass ``where``, in order."""
 
 
 def read_log(source: LogSource, where: LogFilter, after_id: int, upto_id: int | None = None,
@@ -56,9 +66,15 @@ def read_log(source: LogSource, where: LogFilter, after_id: int, upto_id: int | 
         for via in NARROWING:
             ids = source.log_ids(where, via, after_id, upto_id, CAP)
             if ids is not None:
-                yield from _by_ids(source, where, ids, after_id, upto_id, newest_first, page)
+                ids.sort(reverse=newest_first)
+                yield from _by_ids(source, where, [ids], newest_first, page)
                 return
             pause()
+        if where.scope is not None and where.scope_id is not None:
+            yield from _by_ids(source, where,
+                               _scope_pages(source, where, after_id, upto_id, newest_first),
+                               newest_first, page)
+            return
     yield from _windows(source, where, after_id, upto_id, newest_first, page)
 
 
@@ -79,17 +95,37 @@ def _follow(source: LogSource, after_id: int, page: int) -> Iterator[list[Event]
         pause()
 
 
-def _by_ids(source: LogSource, where: LogFilter, ids: list[int], after_id: int, upto_id: int,
+def _scope_pages(source: LogSource, where: LogFilter, low: int, high: int,
+                 newest_first: bool) -> Iterator[list[int]]:
+    """An exact scope's ids in reading order, a page at a time from its index: they come in
+    id order, so rows are read as they come, and a reader that stops early reads no more."""
+    while low < high:
+        ids = source.log_scope_ids(where, low, high, newest_first, PAGE)
+        if ids:
+            yield ids
+        if len(ids) < PAGE:
+            return
+        if newest_first:
+            high = ids[-1] - 1
+        else:
+            low = ids[-1]
+
+
+def _by_ids(source: LogSource, where: LogFilter, pages: Iterable[list[int]],
             newest_first: bool, page: int) -> Iterator[list[Event]]:
-    wanted = sorted((i for i in ids if after_id < i <= upto_id), reverse=newest_first)
-    start, limit = 0, min(page, FIRST_PAGE)
-    while start < len(wanted):
-        events = source.log_by_ids(where, wanted[start:start + limit], newest_first)
-        start += limit
-        if events:
-            yield events
-            limit = _fewer(events, page)
-        if start < len(wanted):
+    """Rows by id, from pages of ids in reading order, ``PAGE`` ids per query however few
+    rows the page wants: most ids may be of events the globs refuse, and asking for them one
+    at a time would cost a query each."""
+    limit = min(page, FIRST_PAGE)
+    for wanted in pages:
+        start = 0
+        while start < len(wanted):
+            batch = wanted[start:start + PAGE]
+            events = source.log_by_ids(where, batch, newest_first, limit)
+            start += batch.index(events[-1].id) + 1 if len(events) == limit else len(batch)
+            if events:
+                yield events
+                limit = _fewer(events, page)
             pause()
 
 

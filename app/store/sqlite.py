@@ -1,12 +1,13 @@
 """SQLite: the embedded default. WAL mode, short transactions, a few pooled connections."""
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import sqlite3
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any, Callable, Iterator
 
 from ..core.events import Event
@@ -22,6 +23,8 @@ MEMORY = ":memory:"
 LOCK_SECONDS = 10.0
 #: the first and the longest pause between two tries of the write lock
 LOCK_PAUSE = (0.0002, 0.002)
+#: the file beside the database whose lock lets one process at a time remove expired records
+EXPIRY_GATE = "-expiry"
 
 
 class SqliteStore(SqlStore):
@@ -38,6 +41,7 @@ class SqliteStore(SqlStore):
     """
 
     pool_size = 4
+    lock_retry_seconds = LOCK_PAUSE[1]
 
     def __init__(self, path: str) -> None:
         super().__init__()
@@ -136,32 +140,56 @@ class SqliteStore(SqlStore):
             pause = min(pause * 2, LOCK_PAUSE[1])
 
     @contextmanager
-    def _write(self) -> Iterator[Any]:
-        with self._writer() as conn:
-            cur = conn.cursor()
-            self._begin_write(cur)
-            try:
-                yield cur
-                conn.commit()
-            except BaseException as exc:
-                conn.rollback()  # also after a failed commit: never pool a connection mid-write
-                if isinstance(exc, sqlite3.OperationalError):  # disk full, I/O error, busy
-                    raise StoreUnavailable(str(exc)) from exc
-                raise
-            finally:
-                cur.close()
+    def _write(self, expiring: bool = False) -> Iterator[Any]:
+        with ExitStack() as gate:
+            if expiring and not gate.enter_context(self._expiry_gate()):
+                yield None
+                return
+            with self._writer() as conn:
+                cur = conn.cursor()
+                self._begin_write(cur)
+                try:
+                    yield cur
+                    conn.commit()
+                except BaseException as exc:
+                    conn.rollback()  # also after a failed commit: never pool a connection
+                    if isinstance(exc, sqlite3.OperationalError):  # disk full, I/O error, busy
+                        raise StoreUnavailable(str(exc)) from exc
+                    raise
+                finally:
+                    cur.close()
         if self._doorbell is not None:
             try:
                 self._doorbell.ring()
             except OSError:  # committed: the others' poll finds it, only later
                 log.warning("could not ring the other processes' doorbells", exc_info=True)
 
+    @contextmanager
+    def _expiry_gate(self) -> Iterator[bool]:
+        """Whether this process may remove expired records now, by a lock on a file beside
+        the database that is never waited for. The write lock alone would let every process
+        expire in turn, each batch right after another's, with writers waiting behind all of
+        them. The file is opened for each batch, so no lock is shared across a fork."""
+        if self._in_memory:  # one process
+            yield True
+            return
+        gate = os.open(self.path + EXPIRY_GATE, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(gate, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+        finally:
+            os.close(gate)  # which lets go of the lock
+
     def _has_column(self, cur: Any, table: str, column: str) -> bool:
         cur.execute(f"PRAGMA table_info({table})")
         return any(row[1] == column for row in cur.fetchall())
 
     def watch(self, wake: Callable[[], None],
-              committed: Callable[[list[Event] | None], None] | None = None) -> None:
+              committed: Callable[[list[Event]], None] | None = None) -> None:
         super().watch(wake, committed)
         if self._doorbell is None:
             return
