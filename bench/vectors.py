@@ -1,11 +1,14 @@
-"""Vector search cost (issue 13): ``python -m bench.vectors``.
+"""Vector search cost: ``python -m bench.vectors``.
 
 On SQLite and on PostgreSQL, one gevent worker, default settings (cosine): three scopes of 1k,
 10k and 50k random vectors of 768 dimensions (the 1k written through ``POST
-/api/v1/memory/vector``, the others through the store's ``vector_set`` for speed). For each:
+/api/v1/memory/vector``, the others through the store's ``vector_set`` for speed). A fresh
+worker's first vector request (a search of an empty scope) imports numpy: it is timed apart,
+with the ticker's worst gap, so what follows measures the indexes alone. For each scope:
 
 * the first search, which loads the scope's index from the database, and the worst gap of a
-  ``/healthz`` ticker (every 20 ms, its own process) meanwhile — reported without a target;
+  ``/healthz`` ticker (every 20 ms, its own process) meanwhile: the worker must go on serving
+  others while it reads and builds the index (target ≤ 50 ms, as in a search storm);
 * then ``--searches`` searches one after another (``top_k`` 10), each timed from the client
   (request written → answer read), p50/p99; each query is a stored vector plus a little noise,
   and its best hit must be that vector;
@@ -139,6 +142,18 @@ def matmul_floor(sizes: list[int], blas_threads: str | None) -> dict[int, float]
     return {int(k): v for k, v in json.loads(out).items()}
 
 
+def settled_gap(ticker: Ticker, start: float, end: float) -> tuple[float, float]:
+    """``ticker.gap(start, end)`` once the ticker has reported an answer after ``end``: the
+    ping in flight at ``end`` is the one a stall held up, and it reaches ``samples`` only
+    when it is answered."""
+    deadline = time.monotonic() + 30
+    while not ticker.samples or ticker.samples[-1][1] <= end:
+        if time.monotonic() > deadline:
+            raise AssertionError("the /healthz ticker stopped answering")
+        time.sleep(0.01)
+    return ticker.gap(start, end)
+
+
 def storm(port: int, bodies: list[tuple[bytes, str]], searchers: int, seconds: float,
           ticker: Ticker) -> dict[str, Any]:
     latencies: list[float] = []
@@ -168,7 +183,7 @@ def storm(port: int, bodies: list[tuple[bytes, str]], searchers: int, seconds: f
     finished = time.monotonic()
     if errors:
         raise AssertionError(f"storm: {errors[0]}")
-    gap, worst_ping = ticker.gap(start, finished)
+    gap, worst_ping = settled_gap(ticker, start, finished)
     return {"searches": len(latencies), "seconds": finished - start,
             "p50_ms": p(latencies, 50) * 1000, "p99_ms": p(latencies, 99) * 1000,
             "gap_ms": gap, "worst_ping_ms": worst_ping}
@@ -205,12 +220,20 @@ def run_store(store: str, args: argparse.Namespace, dbs: Databases,
     http = Http(server.port)
     ticker = Ticker(server.port)
     try:
+        started = time.monotonic()  # the worker's first vector request imports numpy
+        status, _, answer, elapsed = http.request("POST", SEARCH, json.dumps({
+            "query_embedding": [1.0], "scope": "actor", "scope_id": "empty"}).encode())
+        if status != 200 or json.loads(answer) != []:
+            raise AssertionError(f"search of an empty scope: {status} {answer[:200]!r}")
+        found["import_ms"] = elapsed * 1000
+        found["import_gap_ms"] = settled_gap(ticker, started, started + elapsed)[0]
         for count in args.sizes:  # the warm-up search loads the index
             body, key = bodies[count][0]
             started = time.monotonic()
             elapsed, right = search_once(http, body, key)
-            found["sizes"][count].update(first_ms=elapsed * 1000,
-                                         first_gap_ms=ticker.gap(started, started + elapsed)[0])
+            found["sizes"][count].update(
+                first_ms=elapsed * 1000,
+                first_gap_ms=settled_gap(ticker, started, started + elapsed)[0])
     finally:
         ticker.stop()
     for count in args.sizes:
@@ -230,7 +253,7 @@ def run_store(store: str, args: argparse.Namespace, dbs: Databases,
     ticker = Ticker(server.port)
     try:
         time.sleep(0.5)
-        found["idle_gap_ms"] = ticker.gap(time.monotonic() - 0.4, time.monotonic())[0]
+        found["idle_gap_ms"] = settled_gap(ticker, time.monotonic() - 0.4, time.monotonic())[0]
         found["storm"] = storm(server.port, bodies[largest], args.searchers, args.storm_seconds,
                                ticker)
     finally:
@@ -244,7 +267,10 @@ def summarise(results: dict[str, Any], args: argparse.Namespace,
               floors: dict[str, dict[int, float]]) -> str:
     stores = list(results)
     blank = ["–"] * (1 + len(stores))
-    rows = []
+    rows = [["a worker's first vector request, which imports numpy (ms)"]
+            + [f"{results[s]['import_ms']:.0f}" for s in stores] + blank,
+            ["… worst /healthz gap during it (ms)"]
+            + [f"{results[s]['import_gap_ms']:.1f}" for s in stores] + blank]
     for count in args.sizes:
         sizes = [results[s]["sizes"][count] for s in stores]
         target = TARGETS_MS.get(count)
@@ -258,7 +284,8 @@ def summarise(results: dict[str, Any], args: argparse.Namespace,
         rows.append([f"{count:,} vectors: first search, loading the index (ms)"]
                      + [f"{x['first_ms']:.0f}" for x in sizes] + blank)
         rows.append(["… worst /healthz gap during it (ms)"]
-                    + [f"{x['first_gap_ms']:.0f}" for x in sizes] + blank)
+                    + [f"{x['first_gap_ms']:.1f}" for x in sizes] + [f"≤ {GAP_TARGET_MS:g}"]
+                    + [verdict(x["first_gap_ms"], GAP_TARGET_MS) for x in sizes])
         rows.append([f"{count:,} vectors: inserted, per second"]
                     + [f"{count / x['insert_seconds']:,.0f} ({x['insert_via']})" for x in sizes]
                     + blank)

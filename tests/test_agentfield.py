@@ -6,7 +6,7 @@ the test sends it one JSON command a line and reads answers and event callbacks 
 bounded. Without that virtualenv these tests fail, saying how to make it.
 
 What an agent does with its memory, end to end: set/get/exists/delete/list_keys in every scope,
-vectors (set, cosine and l2 search with filters and ``top_k``, delete in one scope only), and a
+vectors (set, cosine, dot and l2 search with filters and ``top_k``, delete in one scope only), and a
 ``"*"`` subscription that sees every change and nothing else, also across a server restart.
 """
 from __future__ import annotations
@@ -320,6 +320,8 @@ def vectors_of(number: int, scope: str) -> dict[str, tuple[list[float], dict]]:
         "v3": (_rotate([0.1, 0.45], turn), {"kind": "a", "n": 3, "scope": scope}),
         "v4": (_rotate([-2.0, 0.2], turn), {"kind": "b", "nested": {"x": [1, 2]}}),
         "v5": (_rotate([0.45, -0.3], turn), {}),  # the SDK sends no metadata for {}
+        # the query's own direction, short: first by cosine, not by dot product or distance
+        "v6": ([x * (0.4 + 0.01 * number) for x in QUERY], {"kind": "b", "n": 6.0}),
         "odd": ([1.0, 0.25, 0.5], {"kind": "a"}),  # another dimension: never a hit
     }
 
@@ -385,7 +387,8 @@ def vector_scenario(server: Server, sdk: Sdk, metric: str) -> None:
         check_hits(sdk.call(target, "similarity_search", QUERY, top_k=2), everything[:2],
                    scope, scope_id, vectors, where + " top_k=2")
         for filters in [{"kind": "a"}, {"kind": "b"}, {"kind": "a", "n": 3},
-                        {"nested": {"x": [1, 2]}}, {"n": "1"}, {"missing": None}]:
+                        {"nested": {"x": [1, 2]}}, {"n": "1"}, {"missing": None},
+                        {"n": 6}]:  # equal to the 6.0 stored
             check_hits(sdk.call(target, "similarity_search", QUERY, top_k=10, filters=filters),
                        expected_hits(metric, vectors, QUERY, filters=filters), scope, scope_id,
                        vectors, f"{where} filters={filters}")
@@ -438,19 +441,20 @@ def test_vectors_with_cosine_the_default(server, sdk_factory):
 
 
 @every_store
-def test_vectors_with_l2(server_factory, sdk_factory):
-    server = server_factory(env={"MEMORY_VECTOR_METRIC": "l2"})
-    vector_scenario(server, sdk_factory(server), "l2")
+@pytest.mark.parametrize("metric", ["l2", "dot"])
+def test_vectors_with_another_metric(server_factory, sdk_factory, metric):
+    server = server_factory(env={"MEMORY_VECTOR_METRIC": metric})
+    vector_scenario(server, sdk_factory(server), metric)
 
 
-def test_the_two_metrics_rank_the_test_vectors_differently():
+def test_the_metrics_rank_the_test_vectors_differently():
     """The vector tests tell the metrics apart only if their data ranks differently."""
     for number, (_, (scope, _)) in enumerate(VECTOR_TARGETS):
         vectors = vectors_of(number, scope)
-        cosine = [key for key, _, _ in expected_hits("cosine", vectors, QUERY)]
-        l2 = [key for key, _, _ in expected_hits("l2", vectors, QUERY)]
-        assert cosine != l2
-        assert cosine[:2] != l2[:2]
+        ranked = {metric: [key for key, _, _ in expected_hits(metric, vectors, QUERY)]
+                  for metric in ("cosine", "dot", "l2")}
+        for one, other in [("cosine", "dot"), ("cosine", "l2"), ("dot", "l2")]:
+            assert ranked[one][:2] != ranked[other][:2], (scope, one, other)
 
 
 # ------------------------------------------------------------------------------------------------

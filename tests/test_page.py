@@ -11,7 +11,7 @@ import pytest
 import requests
 from playwright.sync_api import Browser, Locator, Page, Route, expect, sync_playwright
 
-from .api import history_ids, put
+from .api import MEMORY, history_ids, put
 from .conftest import ROOT, Server, wait_until
 
 CHROMIUM = "/usr/bin/chromium"
@@ -200,6 +200,35 @@ def test_connected_before_any_event_then_changes_appear(server, open_page):
         '{"html":"<script>window.owned=2</script>"}')
     assert page.locator("main img, main script").count() == 0
     assert page.evaluate("window.owned") is None
+
+
+def test_events_show_who_made_them_and_why(server, open_page):
+    page = open_page(server)
+    expect_status(page, "connected", "connected")
+    made = requests.post(server.url + MEMORY + "/set", timeout=10, json={
+        "key": "by.agent", "data": 1, "scope": "global"}, headers={
+        "X-Agent-Node-ID": "node-7", "X-Actor-ID": "actor-3", "X-Workflow-ID": "wf-9"})
+    assert made.status_code == 200, made.text
+    put(server.url, "by.nobody", 2)
+    put(server.url, "short.lived", 3, ttl_seconds=0.5)
+
+    def authors(card: Locator) -> list[list[str]]:
+        return card.locator(".event__meta > div").evaluate_all(
+            "entries => entries.map(e => [e.querySelector('dt').textContent,"
+            " e.querySelector('dd').textContent])")
+
+    expect(cards(page, "by.nobody")).to_have_count(1)
+    assert authors(cards(page, "by.agent")) == [["agent", "node-7"], ["actor", "actor-3"],
+                                                ["workflow", "wf-9"]]
+    expect(cards(page, "by.agent").locator(".event__meta")).to_be_visible()
+    expect(cards(page, "by.nobody").locator(".event__meta")).to_be_hidden()
+    for key in ("by.agent", "by.nobody"):
+        expect(cards(page, key).locator(".event__reason")).to_be_hidden()
+    expect(cards(page, "short.lived")).to_have_count(2)  # the set, then the expiry's delete
+    expired = cards(page, "short.lived").first
+    expect(expired.locator(".badge")).to_have_text("delete")
+    expect(expired.locator(".event__reason")).to_have_text("expired")
+    expect(cards(page, "short.lived").last.locator(".event__reason")).to_be_hidden()
 
 
 def test_bad_pattern_shows_the_servers_message(server, open_page):

@@ -1,16 +1,25 @@
 """The TypeScript and Go AgentField SDKs' requests, replayed exactly, and what each SDK needs back.
 
-Neither SDK can be installed here, so their requests are replayed as
-``/work/notes/agentfield-sdk.md`` recorded them off the wire (tables T1–T10 and G1–G9 there):
-the TypeScript SDK (axios + ws, 0.1.108-rc.7) and the Go SDK's ``ControlPlaneMemoryBackend``
-(same commit). Headers as each sends them (Go canonicalises names, ``X-Session-Id``, and
-authenticates with ``Authorization: Bearer``; TypeScript sends the ids of its execution metadata
-on every call), bodies byte for byte where that matters (Go's ``json.Marshal`` sorts keys and
-writes ``"metadata":null``, ``"filters":null``, ``"threshold"`` and ``"top_k":0``; its
-``json.Encoder`` ends a body with a newline).
+Neither SDK can be installed here, so each request is rebuilt from the SDK's source in
+github.com/Agent-Field/agentfield, each test naming the function it replays:
 
-Everything but the WebSocket runs in process on the Flask test client. Also here: bad vector
-input is a 400 with a JSON error naming the mistake, never a 500.
+* TypeScript (axios + ws): ``sdk/typescript/src/memory/MemoryClient.ts`` (``buildHeaders``,
+  ``set``/``get``/``delete``/``listKeys``, ``setVector`` → ``POST /vector/set``,
+  ``deleteVector`` → ``POST /vector/delete``, ``searchVector``), ``MemoryInterface.ts`` (the
+  ``get`` that walks the scopes) and ``MemoryEventClient.ts`` (the WebSocket: ``x-*`` and
+  ``authorization`` headers only; ``history``);
+* Go: ``sdk/go/agent/control_plane_memory_backend.go`` (``applyHeaders``, ``Set``/``Get``/
+  ``Delete``/``List``, ``SetVector`` → ``POST /vector``, ``GetVector`` and ``DeleteVector`` →
+  ``/vector/<url.PathEscape(key)>?scope=``, ``SearchVector``).
+
+Headers as each sends them (Go's ``Header.Set`` canonicalises names, ``X-Session-Id``, and it
+authenticates with ``Authorization: Bearer``; TypeScript sends the ids of its execution metadata
+on every call), bodies byte for byte where that matters (Go's ``json.Marshal`` of a map sorts
+keys and writes ``"metadata":null``, ``"filters":null``, ``"threshold"`` and ``"top_k":0``).
+
+Everything but the WebSocket runs in process on the Flask test client, the vector replays on
+every store. Also here: bad vector input is a 400 with a JSON error naming the mistake, never
+a 500.
 """
 from __future__ import annotations
 
@@ -27,7 +36,7 @@ import websocket
 from flask.testing import FlaskClient
 from websocket import ABNF
 
-from .conftest import Server, wait_until
+from .conftest import Server, every_store, wait_until
 
 API = "/api/v1/memory"
 ERROR_FIELDS = {"error", "message", "details", "code"}
@@ -61,7 +70,7 @@ def error_of(response) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------
-# TypeScript (axios), tables T1–T9
+# TypeScript (axios)
 
 TS_KEY = "k-ts"
 #: the agent's defaultHeaders, and the ids of its execution metadata (no actor id: its walk then
@@ -115,18 +124,18 @@ def ts_walk(client: FlaskClient, key: str, first: tuple[str, str | None] | None 
 
 
 @pytest.fixture
-def ts(app_factory) -> FlaskClient:
-    return app_factory(MEMORY_API_KEY=TS_KEY).test_client()
+def ts(db_url, app_factory) -> FlaskClient:  # the app stops before its database goes
+    return app_factory(MEMORY_API_KEY=TS_KEY, MEMORY_DB_URL=db_url).test_client()
 
 
 def test_ts_set_get_delete_list(ts):
-    # T1: set goes to the interface's scope, named in the body
+    # MemoryClient.set goes to the interface's scope, named in the body
     response = send(ts, "POST", API + "/set", js({"key": "k", "data": {"a": 1},
                                                   "scope": "workflow"}), ts_headers("workflow"))
     assert response.status_code == 200, response.get_data(as_text=True)
     assert (response.get_json()["scope"], response.get_json()["scope_id"]) == ("workflow", "wf-ts")
 
-    # T2: the walk; every miss must be a 404, including the actor scope whose id is unknown
+    # MemoryInterface.get walks the scopes; every miss must be a 404, including the actor scope whose id is unknown
     assert ts_walk(ts, "k") == ({"a": 1}, [200])
     send(ts, "POST", API + "/set", js({"key": "g", "data": "G", "scope": "global"}),
          ts_headers("global"))
@@ -135,20 +144,20 @@ def test_ts_set_get_delete_list(ts):
     # globalScope.get walks too, starting with global
     assert ts_walk(ts, "k", first=("global", "global")) == ({"a": 1}, [404, 200])
 
-    # T3: session(S): its scope first, with X-Session-ID: S
+    # session(S).get: its scope first, with X-Session-ID: S
     send(ts, "POST", API + "/set", js({"key": "s", "data": 2, "scope": "session"}),
          ts_headers("session", "s-9"))
     assert ts_walk(ts, "s", first=("session", "s-9")) == (2, [200])
     assert ts_walk(ts, "s") == (None, [404, 404, 404, 404])  # not the metadata's session
     assert ts_walk(ts, "k", first=("session", "s-9")) == ({"a": 1}, [404, 200])
 
-    # T5: listKeys maps an array of records to their keys
+    # MemoryClient.listKeys maps an array of records to their keys
     response = send(ts, "GET", API + "/list?scope=workflow", None,
                     ts_headers("workflow", body=False))
     assert response.status_code == 200 and isinstance(response.get_json(), list)
     assert [record["key"] for record in response.get_json()] == ["k"]
 
-    # T4: delete, 2xx also for a key that is already gone (a 404 would throw)
+    # MemoryClient.delete: 2xx also for a key that is already gone (a 404 would throw)
     for _ in range(2):
         response = send(ts, "POST", API + "/delete", js({"key": "k", "scope": "workflow"}),
                         ts_headers("workflow"))
@@ -165,8 +174,9 @@ def test_ts_walk_needs_404_for_an_explicit_scope_without_its_id(ts):
         assert error_of(response)["error"] == "not_found"
 
 
+@every_store
 def test_ts_vectors(ts):
-    # T6: setVector, metadata given, null or left out; embeddings are JS numbers
+    # MemoryClient.setVector, metadata given, null or left out; embeddings are JS numbers
     for body, scope in [({"key": "v1", "embedding": [1, 0], "metadata": {"t": "x"},
                           "scope": "workflow"}, "workflow"),
                         ({"key": "v2", "embedding": [0.6, 0.8], "metadata": None,
@@ -178,7 +188,7 @@ def test_ts_vectors(ts):
         assert answer["key"] == body["key"] and answer["scope"] == scope
         assert answer["scope_id"] == ("wf-ts" if scope == "workflow" else "global")
 
-    # T8: searchVector returns the answer as is: an array (scope from the headers when the
+    # MemoryClient.searchVector returns the answer as is: an array (scope from the headers when the
     # body names none)
     def search(body: dict) -> list[dict]:
         response = send(ts, "POST", API + "/vector/search", js(body), ts_headers())
@@ -196,7 +206,7 @@ def test_ts_vectors(ts):
     assert [h["key"] for h in search({"query_embedding": [0.5], "top_k": 10,
                                       "scope": "global"})] == ["v3"]
 
-    # T7: deleteVector, by body scope
+    # MemoryClient.deleteVector, by body scope
     for key, scope in [("v1", "workflow"), ("v3", "global"), ("v3", "global")]:
         response = send(ts, "POST", API + "/vector/delete", js({"key": key, "scope": scope}),
                         ts_headers(scope))
@@ -209,7 +219,7 @@ def test_ts_history(ts):
     for key, scope in [("a1", "global"), ("b", "global"), ("c", "global"), ("a2", "workflow")]:
         send(ts, "POST", API + "/set", js({"key": key, "data": 1, "scope": scope}),
              ts_headers(scope))
-    # T9, as captured (TypeScript's toISOString: milliseconds and Z)
+    # MemoryEventClient.history (toISOString: milliseconds and Z)
     query = ("?limit=100&patterns=a*,b&since=2026-01-01T00:00:00.000Z&scope=global"
              "&scope_id=global")
     response = send(ts, "GET", API + "/events/history" + query, None, ts_headers(body=False))
@@ -225,7 +235,7 @@ def test_ts_history(ts):
 
 
 # ------------------------------------------------------------------------------------------------
-# Go (net/http), tables G1–G9
+# Go (net/http)
 
 GO_TOKEN = "tok-go"
 GO_IDS = {"session": "sess-go", "actor": "actor-go", "workflow": "wf-go"}
@@ -246,8 +256,8 @@ def go_headers(scope: str, scope_id: str | None = None, token: str | None = GO_T
 
 
 @pytest.fixture
-def go(app_factory) -> FlaskClient:
-    return app_factory(MEMORY_API_KEY=GO_TOKEN).test_client()
+def go(db_url, app_factory) -> FlaskClient:  # the app stops before its database goes
+    return app_factory(MEMORY_API_KEY=GO_TOKEN, MEMORY_DB_URL=db_url).test_client()
 
 
 def go_fields(record: Any) -> dict:
@@ -265,7 +275,7 @@ def go_record(response) -> dict:
 
 
 def test_go_bearer_token(go):
-    body = b'{"key":"k","scope":"session"}\n'
+    body = b'{"key":"k","scope":"session"}'
     assert send(go, "POST", API + "/get", body, go_headers("session")).status_code == 404
     for token in (None, "wrong"):
         response = send(go, "POST", API + "/get", body, go_headers("session", token=token))
@@ -273,7 +283,7 @@ def test_go_bearer_token(go):
 
 
 def test_go_memory(go):
-    # G1: Set, keys sorted, no trailing newline (json.Marshal)
+    # Set: json.Marshal sorts the keys and adds no newline
     response = send(go, "POST", API + "/set", b'{"data":{"a":1},"key":"k","scope":"session"}',
                     go_headers("session"))
     assert (go_record(response)["scope"], go_record(response)["scope_id"]) == \
@@ -282,16 +292,16 @@ def test_go_memory(go):
                     go_headers("session"))
     assert go_record(response)["data"] is False
 
-    # G2: Get, json.Encoder's body with its newline; 404 is "not found"
-    record = go_record(send(go, "POST", API + "/get", b'{"key":"k","scope":"session"}\n',
+    # Get; 404 is "not found"
+    record = go_record(send(go, "POST", API + "/get", b'{"key":"k","scope":"session"}',
                             go_headers("session")))
     assert record["data"] == {"a": 1} and set(record) == RECORD_FIELDS
-    assert send(go, "POST", API + "/get", b'{"key":"k","scope":"session"}\n',
+    assert send(go, "POST", API + "/get", b'{"key":"k","scope":"session"}',
                 go_headers("session", "another-session")).status_code == 404
-    assert send(go, "POST", API + "/get", b'{"key":"nope","scope":"session"}\n',
+    assert send(go, "POST", API + "/get", b'{"key":"nope","scope":"session"}',
                 go_headers("session")).status_code == 404
 
-    # G5: UserScope() is the actor scope
+    # UserScope() is the actor scope
     response = send(go, "POST", API + "/set", b'{"data":"blue","key":"color","scope":"actor"}',
                     go_headers("actor"))
     assert (go_record(response)["scope"], go_record(response)["scope_id"]) == \
@@ -299,19 +309,19 @@ def test_go_memory(go):
     send(go, "POST", API + "/set", b'{"data":[1],"key":"g","scope":"global"}',
          go_headers("global"))
 
-    # G4: GlobalScope().List: an array of records with string fields
+    # GlobalScope().List: an array of records with string fields
     response = send(go, "GET", API + "/list?scope=global", None, go_headers("global"))
     assert response.status_code == 200 and isinstance(response.get_json(), list)
     for item in response.get_json():
         go_fields(item)
     assert [item["key"] for item in response.get_json()] == ["g"]
 
-    # G3: Delete: 204 (404 would do too), also when nothing is there
+    # Delete: 204 (404 would do too), also when nothing is there
     for _ in range(2):
-        response = send(go, "POST", API + "/delete", b'{"key":"k","scope":"session"}\n',
+        response = send(go, "POST", API + "/delete", b'{"key":"k","scope":"session"}',
                         go_headers("session"))
         assert response.status_code == 204, response.get_data(as_text=True)
-    assert send(go, "POST", API + "/get", b'{"key":"k","scope":"session"}\n',
+    assert send(go, "POST", API + "/get", b'{"key":"k","scope":"session"}',
                 go_headers("session")).status_code == 404
 
     # The events carry the Go agent's node id from X-Agent-Node-Id.
@@ -336,15 +346,16 @@ def go_vector(response) -> tuple[list[float], dict | None]:
     return body["embedding"], body["metadata"]
 
 
+@every_store
 def test_go_vectors(go):
-    # G6: SetVector, the RESTful route; float32 values; "metadata":null when nil
+    # SetVector, the RESTful route; float32 values; "metadata":null when nil
     for body in [b'{"embedding":[1,0],"key":"a/b c","metadata":null,"scope":"session"}',
                  b'{"embedding":[0.6,0.8],"key":"v2","metadata":{"t":"x"},"scope":"session"}',
                  b'{"embedding":[0.1,-0.33333334],"key":"v3","metadata":null,"scope":"session"}']:
         response = send(go, "POST", API + "/vector", body, go_headers("session"))
         assert response.status_code == 200, response.get_data(as_text=True)
 
-    # G7: GetVector, the key path-escaped; 404 is "not found"
+    # GetVector, the key path-escaped; 404 is "not found"
     path = f"{API}/vector/{ESCAPED}?scope=session"
     assert go_vector(send(go, "GET", path, None, go_headers("session"))) == ([1.0, 0.0], {})
     embedding, metadata = go_vector(send(go, "GET", f"{API}/vector/v3?scope=session", None,
@@ -359,7 +370,7 @@ def test_go_vectors(go):
                     ).status_code == 404
     assert send(go, "GET", path, None, go_headers("session", "other")).status_code == 404
 
-    # G8: SearchVector with zero options: top_k 0 means 10, filters null, threshold ignored
+    # SearchVector with zero options: top_k 0 means 10, filters null, threshold ignored
     for number in range(12):
         body = json.dumps({"embedding": [1, number / 10], "key": f"n{number:02}",
                            "metadata": None, "scope": "session"},
@@ -389,7 +400,7 @@ def test_go_vectors(go):
         ("g1", "global", "global"), ("g2", "global", "global")]
     assert [h["score"] for h in hits] == pytest.approx([1.0, 0.0])
 
-    # G9: DeleteVector, path-escaped; 204 (404 would do too), also when already gone
+    # DeleteVector, path-escaped; 204 (404 would do too), also when already gone
     for _ in range(2):
         response = send(go, "DELETE", path, None, go_headers("session"))
         assert response.status_code == 204, response.get_data(as_text=True)
@@ -404,6 +415,7 @@ GO_PATH_KEYS = {"a/b c": "a%2Fb%20c", "/leading": "%2Fleading", "a//b": "a%2F%2F
                 "?q#f": "%3Fq%23f", "\U0001F600": "%F0%9F%98%80", "x=1&y": "x=1&y"}
 
 
+@every_store
 @pytest.mark.parametrize("key", GO_PATH_KEYS, ids=[repr(k) for k in GO_PATH_KEYS])
 def test_go_vector_path_reaches_its_own_vector(go, key):
     """GetVector and DeleteVector put the key in the path; whatever the key, that path must
@@ -441,7 +453,7 @@ def test_go_vector_path_reaches_its_own_vector(go, key):
 
 
 # ------------------------------------------------------------------------------------------------
-# T10: the TypeScript WebSocket (ws): headers only, no query, no subprotocol; real server
+# MemoryEventClient's WebSocket (TypeScript, ws): headers only, no query, no subprotocol; real server
 
 WS_PATH = API + "/events/ws"
 
@@ -650,14 +662,29 @@ BAD_FIELDS = [
                                                                   "invalid_top_k"}, "top_k"),
     ("/vector/search", '[{"query_embedding": [1]}]', {"invalid_body"}, "body"),
     ("/vector/search", "{", {"invalid_json"}, "body"),
+    ("/vector/search", '{"query_embedding": [1], "top_k": 1e300}', {"invalid_top_k"}, "top_k"),
+    ("/vector/search", '{"query_embedding": [1], "scope": "session"}', {"missing_scope_id"},
+     "scope_id"),
+    ("/vector/set", '{"key": "x", "embedding": [1], "scope": "actor"}', {"missing_scope_id"},
+     "scope_id"),
+    ("/vector/set", '{"key": "x", "embedding": [1], "scope_id": 5}', {"invalid_scope_id"},
+     "scope_id"),
+    ("/vector/delete", '{"key": ""}', {"invalid_key"}, "key"),
+    ("DELETE /vector/namespace", "{}", {"missing_namespace"}, "namespace"),
+    ("DELETE /vector/namespace", '{"namespace": ""}', {"invalid_namespace"}, "namespace"),
+    ("DELETE /vector/namespace", '{"namespace": 5}', {"invalid_namespace"}, "namespace"),
+    ("DELETE /vector/namespace", '{"namespace": "x", "scope": "session"}',
+     {"missing_scope_id"}, "scope_id"),
 ]
 
 
 @pytest.mark.parametrize("route, body, codes, field", BAD_FIELDS,
                          ids=[f"{r}:{b[:40]}" for r, b, _, _ in BAD_FIELDS])
 def test_bad_vector_request_is_refused(client, route, body, codes, field):
-    response = client.post(API + route, data=body, content_type="application/json",
-                           headers={"X-Workflow-ID": "wf"})
+    """``route`` is a path, for ``POST``, or a method and a path."""
+    method, _, path = route.rpartition(" ")
+    response = client.open(API + path, method=method or "POST", data=body,
+                           content_type="application/json", headers={"X-Workflow-ID": "wf"})
     assert response.status_code == 400, (response.status_code, response.get_data(as_text=True))
     error = error_of(response)
     assert error["error"] in codes, error

@@ -2,7 +2,9 @@
 
 Where this differs from the control plane, it is on purpose: ``POST /vector/delete`` honours
 the body's ``scope`` (the control plane reads it from the query only, so its SDKs' scoped
-deletes hit the workflow scope), and bad input is a 400 where the control plane gives a 500.
+deletes hit the workflow scope); bad input is a 400 where the control plane gives a 500, and
+so are a ``top_k`` over ``MAX_TOP_K`` and more than ``MAX_DIMENSIONS``, which it takes; filters
+match equal JSON values only; a namespace is a literal prefix, not a ``LIKE`` pattern.
 """
 from __future__ import annotations
 

@@ -2,17 +2,35 @@
  * value that looks like markup is shown as the text it is.
  */
 
-/** A feed entry built from the page's <template>: key, action, scope, time, value, previous. */
+/** The event's metadata the feed shows, each where it is not empty, and what it is called. */
+const METADATA = [["agent_id", "agent"], ["actor_id", "actor"], ["workflow_id", "workflow"]];
+
+/** A feed entry built from the page's <template>: key, action (and why, for an expiry),
+ * scope, time, who made the change, value, previous. */
 export function eventItem(template, event) {
   const item = template.content.firstElementChild.cloneNode(true);
   const part = (selector) => item.querySelector(selector);
+  const metadata = event.metadata || {};
   item.dataset.id = event.id;
   item.classList.add(`event--${event.action}`);
   part(".badge").textContent = event.action;
+  if (metadata.reason) {
+    part(".event__reason").textContent = metadata.reason;
+    part(".event__reason").hidden = false;
+  }
   part(".event__key").textContent = event.key;
   part(".event__scope").textContent = `${event.scope}/${event.scope_id}`;
   setTime(part(".event__time"), event.timestamp);
   part(".event__id").textContent = `#${event.id}`;
+  const authors = part(".event__meta");
+  for (const [field, label] of METADATA) {
+    if (!metadata[field]) continue;
+    const entry = authors.appendChild(document.createElement("div"));
+    entry.className = "event__author";
+    entry.appendChild(document.createElement("dt")).textContent = label;
+    entry.appendChild(document.createElement("dd")).textContent = metadata[field];
+  }
+  authors.hidden = authors.childElementCount === 0;
   if (event.action === "delete") {
     absent(part(".value__new"), "deleted");
   } else {
