@@ -1,6 +1,8 @@
-"""``flask --app wsgi events …`` as a user runs it: a subprocess talking to a real server."""
+"""The terminal tools as a user runs them, ``python -m app.client …`` (or ``flask --app wsgi
+events …``): a subprocess talking to a real server, into pipes or onto a pseudo-terminal."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pty
@@ -9,13 +11,15 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
-from typing import IO
+from typing import IO, Callable
 
 from app.client import MemoryClient
 
 from .conftest import ROOT, Server, free_port, wait_until
 
+CLI = [sys.executable, "-m", "app.client"]
 FLASK = [sys.executable, "-m", "flask", "--app", "wsgi", "events"]
 LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}Z  (\S+)\s+(\S+)  (\S+)  (.*)$")
 
@@ -27,9 +31,9 @@ def cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return {**env, "MEMORY_DB_URL": f"sqlite:///{tmp_path}/never-created.db", **extra}
 
 
-def run(tmp_path: Path, *args: str, stdin: str | None = None,
+def run(tmp_path: Path, *args: str, stdin: str | None = None, entry: list[str] = CLI,
         **env: str) -> subprocess.CompletedProcess:
-    result = subprocess.run(FLASK + list(args), cwd=ROOT, env=cli_env(tmp_path, **env),
+    result = subprocess.run(entry + list(args), cwd=ROOT, env=cli_env(tmp_path, **env),
                             input=stdin, capture_output=True, text=True, timeout=60)
     assert "Traceback" not in result.stderr, result.stderr
     return result
@@ -66,7 +70,7 @@ def test_tail_prints_changes_says_when_it_reconnects_and_stops_on_ctrl_c(
         server_factory, tmp_path: Path) -> None:
     server: Server = server_factory(env={"MEMORY_HEARTBEAT_SECONDS": "0.5"})
     tail = subprocess.Popen(
-        FLASK + ["tail", "--url", server.url, "--patterns", "user.*"], cwd=ROOT,
+        CLI + ["tail", "--url", server.url, "--patterns", "user.*"], cwd=ROOT,
         env=cli_env(tmp_path, COLUMNS="100"), stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True,
         # Ctrl-C in a terminal: SIGINT with its default action, even when these tests were
@@ -127,6 +131,16 @@ def test_set_get_delete_and_list_from_the_shell(server: Server, tmp_path: Path) 
     assert not (tmp_path / "never-created.db").exists()
 
 
+def test_flask_offers_the_same_commands(server: Server, tmp_path: Path) -> None:
+    def commands(entry: list[str]) -> list[str]:
+        return re.findall(r"^  (\w+)  ", run(tmp_path, "--help", entry=entry).stdout,
+                          re.MULTILINE)
+
+    assert commands(FLASK) == commands(CLI) == ["delete", "get", "list", "set", "tail", "watch"]
+    assert run(tmp_path, "set", "k", "[1]", "--url", server.url, entry=FLASK).returncode == 0
+    assert json.loads(run(tmp_path, "get", "k", "--url", server.url).stdout) == [1]
+
+
 def test_commands_send_the_api_key_and_explain_failures(server_factory,
                                                         tmp_path: Path) -> None:
     server = server_factory(env={"MEMORY_API_KEY": "sesame"})
@@ -142,14 +156,11 @@ def test_commands_send_the_api_key_and_explain_failures(server_factory,
     assert bad_url.returncode == 2 and "--url" in bad_url.stderr
 
 
-#: what the terminal gets before each drawing of the state: home, and clear the screen
-REDRAW = b"\x1b[H\x1b[J"
-
-
-def start_watch(server: Server, tmp_path: Path, **popen: object) -> subprocess.Popen:
-    return subprocess.Popen(FLASK + ["watch", "--url", server.url, "--patterns", "user.*",
-                                     "--scope", "global"], cwd=ROOT,
-                            env=cli_env(tmp_path, COLUMNS="80", LINES="24"),
+def start_watch(server: Server, tmp_path: Path, columns: int = 80, rows: int = 24,
+                **popen: object) -> subprocess.Popen:
+    return subprocess.Popen(CLI + ["watch", "--url", server.url, "--patterns", "user.*",
+                                   "--scope", "global"], cwd=ROOT,
+                            env=cli_env(tmp_path, COLUMNS=str(columns), LINES=str(rows)),
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
                             **popen)  # type: ignore[call-overload]
 
@@ -174,31 +185,103 @@ def test_watch_prints_each_new_state_into_a_pipe(server: Server, tmp_path: Path)
         {"user.1": {"name": "Ada"}}, {"user.1": {"name": "Ada"}, "user.2": 2}, {"user.2": 2}]
 
 
-def test_watch_redraws_the_state_in_place_on_a_terminal(server: Server, tmp_path: Path) -> None:
-    client = MemoryClient(server.url)
-    client.set("user.1", "first")
-    screen, terminal = pty.openpty()
-    os.set_blocking(screen, False)
-    watch = start_watch(server, tmp_path, stdin=terminal, stdout=terminal, stderr=terminal)
-    os.close(terminal)
-    written = bytearray()
+#: a drawing starts at the top left; each line clears what is left of the one it covers, and
+#: the last clears the rest of the screen
+HOME, CLEAR_LINE, CLEAR_BELOW = "\x1b[H", "\x1b[K", "\x1b[J"
 
-    def read_until(text: bytes) -> None:
-        def seen() -> bool:
-            try:
-                written.extend(os.read(screen, 65536))
-            except OSError:
-                pass
-            return text in written
-        wait_until(seen, timeout=30, message=f"{text!r} on the terminal")
+
+class Terminal:
+    """A pseudo-terminal for a command to draw on, and what it drew."""
+
+    def __init__(self) -> None:
+        self._screen, self.device = pty.openpty()
+        os.set_blocking(self._screen, False)
+        self._written = bytearray()
+
+    @property
+    def text(self) -> str:
+        with contextlib.suppress(OSError):  # nothing more yet, or the command has ended
+            while chunk := os.read(self._screen, 65536):
+                self._written.extend(chunk)
+        return self._written.decode("utf-8", "replace")
+
+    def screens(self) -> list[list[str]]:
+        """Each whole drawing so far, as its lines (the terminal sends each newline as CRLF)."""
+        return [drawing.removesuffix(CLEAR_BELOW).split(CLEAR_LINE + "\r\n")
+                for drawing in self.text.split(HOME)[1:] if drawing.endswith(CLEAR_BELOW)]
+
+    def wait_for(self, check: Callable[[list[str]], bool], what: str) -> list[str]:
+        """The latest drawing, once it passes ``check``."""
+        def drawn() -> list[str] | None:
+            screens = self.screens()
+            return screens[-1] if screens and check(screens[-1]) else None
+        return wait_until(drawn, timeout=30, message=what)  # type: ignore[return-value]
+
+    def close(self) -> None:
+        os.close(self._screen)
+
+
+def watch_on(terminal: Terminal, server: Server, tmp_path: Path,
+             **size: int) -> subprocess.Popen:
+    watch = start_watch(server, tmp_path, stdin=terminal.device, stdout=terminal.device,
+                        stderr=terminal.device, **size)
+    os.close(terminal.device)
+    return watch
+
+
+def test_watch_draws_in_place_within_the_terminal_with_the_status_on_top(
+        server_factory, tmp_path: Path) -> None:
+    server: Server = server_factory(env={"MEMORY_HEARTBEAT_SECONDS": "0.5"})
+    client = MemoryClient(server.url)
+    for n in range(1, 6):
+        client.set(f"user.{n}", "x" * 100 if n == 1 else n)
+    terminal = Terminal()
+    watch = watch_on(terminal, server, tmp_path, columns=40, rows=4)
     try:
-        read_until(b"user.1  \"first\"")
-        client.set("user.1", "second")
-        read_until(b"user.1  \"second\"")
-        drawn = written.split(REDRAW)
-        assert len(drawn) >= 3 and b"first" not in drawn[-1]  # drawn again, not appended
+        first = terminal.wait_for(lambda lines: lines[0].startswith("5 keys · connected"),
+                                  "the state")
+        assert first[1].startswith('user.1  "xxx') and first[1].endswith("…")
+        assert first[2:] == ["user.2  2", "… and 3 more keys"]
+        client.set("user.2", "second")
+        terminal.wait_for(lambda lines: lines[2] == 'user.2  "second"', "the change")
+
+        server.stop()
+        terminal.wait_for(lambda lines: "disconnected: " in lines[0], "the drop")
+        server.start()
+        terminal.wait_for(lambda lines: "reconnected; resuming" in lines[0], "the reconnect")
+        client.delete("user.1")
+        terminal.wait_for(lambda lines: lines[0].startswith("4 keys")
+                          and lines[1] == 'user.2  "second"', "the change after it")
+        stop_with_ctrl_c(watch)
     finally:
         watch.kill()
         watch.wait()
-        os.close(screen)
+        terminal.close()
+    before, *drawings = terminal.text.split(HOME)
+    assert before == "" and all(drawing.endswith(CLEAR_BELOW) for drawing in drawings), (
+        "something was written between the drawings")
+    assert all(len(lines) <= 4 and max(map(len, lines)) <= 40 for lines in terminal.screens())
+
+
+def test_watch_draws_a_burst_of_changes_at_most_ten_times_a_second(server: Server,
+                                                                    tmp_path: Path) -> None:
+    client = MemoryClient(server.url)
+    client.set("user.count", 0)
+    terminal = Terminal()
+    watch = watch_on(terminal, server, tmp_path)
+    try:
+        terminal.wait_for(lambda lines: lines[1:] == ["user.count  0"], "the state")
+        drawn_before = len(terminal.screens())
+        started = time.monotonic()
+        for n in range(1, 201):
+            client.set("user.count", n)
+        # however fast the changes came, the last is drawn, even with none after it
+        terminal.wait_for(lambda lines: lines[1:] == ["user.count  200"], "the last change")
+        elapsed = time.monotonic() - started
+        drawings = len(terminal.screens()) - drawn_before
+    finally:
+        watch.kill()
+        watch.wait()
+        terminal.close()
+    assert drawings <= elapsed / 0.1 + 2, f"{drawings} drawings in {elapsed:.2f} s"
 

@@ -131,6 +131,26 @@ def test_conditional_writes_raise_a_typed_conflict_with_the_current_record(serve
     assert client.set("lease", 2)["expires_at"] is None
 
 
+def without_expiry(record: dict) -> dict:
+    return {name: value for name, value in record.items() if name != "expires_at"}
+
+
+def test_watch_records_hold_only_what_the_stream_tells(server: Server) -> None:
+    """A ``set`` event does not say whether the record has a time to live, so no record of a
+    watch claims to know it: before the change (from the snapshot) or after it."""
+    client = MemoryClient(server.url)
+    leased = client.set("lease", 1, ttl_seconds=3600)
+    with client.watch("lease", scope="global") as watch:
+        states = Consumer(watch, 2)
+        assert states.take(1) == [{"lease": 1}]
+        assert watch.records == {"lease": without_expiry(leased)}
+        renewed = client.set("lease", 2)  # no time to live any more: the event cannot say so
+        states.take(1)
+        assert watch.state == {"lease": 2}
+        assert watch.records == {"lease": without_expiry(renewed)}
+        assert renewed["created_at"] == leased["created_at"]
+
+
 def test_list_fetches_every_page_and_keeps_to_the_prefix(server: Server) -> None:
     client = MemoryClient(server.url)
     with requests.Session() as session:

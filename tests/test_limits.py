@@ -14,7 +14,7 @@ import requests
 from flask.testing import FlaskClient
 
 from .conftest import Server, wait_until
-from .sse import SSEClient
+from .api import SSEClient
 from .test_memory_api import call, history
 from .test_security import WS_UPGRADE, Answer, refused, serving, ws_answer
 
@@ -114,6 +114,25 @@ def test_chunked_body_size(limited_server):
     refused(send(body_of_size(MAX_BODY + 1, "chunked.over")), 413, "request_entity_too_large")
     assert not written(limited_server, "chunked.over")
 
+
+@pytest.mark.parametrize("ttl,error", [
+    ("3200000000", None), ("3200000000.5", "invalid_ttl_seconds"),
+    ("1e300", "invalid_ttl_seconds"), ("0", "invalid_ttl_seconds"),
+    ("1e999", "invalid_json"), ("-1e999", "invalid_json")])
+def test_ttl_seconds_is_at_most_about_a_century(limited, ttl, error):
+    """3.2e9 seconds at most. A number no double holds is no JSON other clients can read, so
+    it is ``invalid_json`` in this field as in any other: the description says both."""
+    key = f"ttl.{ttl}"
+    answer = Answer.of(limited.post(API + "/memory/set", content_type="application/json",
+                                    data=f'{{"key":"{key}","data":1,"ttl_seconds":{ttl}}}'))
+    if error is None:
+        assert answer.status == 200
+        return
+    refused(answer, 400, error)
+    assert not written(limited, key)
+    described = limited.get("/openapi.json").json["components"]["schemas"]["SetRequest"][
+        "properties"]["ttl_seconds"]["description"]
+    assert "At most 3,200,000,000" in described and f"`{error}`" in described
 
 # -- patterns and history limit --------------------------------------------------------------
 #: an events route called with a query: what it answers, and what it answers when it works

@@ -33,7 +33,7 @@ from app.web.context import EXTENSION
 from app.wire import MAX_ID, WS_PROTOCOL
 
 from .conftest import Server, wait_until
-from .sse import SSEClient
+from .api import SSEClient
 
 API = "/api/v1"
 SPEC_URI = "urn:memory-events:openapi"
@@ -542,10 +542,11 @@ def test_operations_answers_are_described(app_factory: Callable[..., Flask]) -> 
         description.call(client, "GET", path, 200)
 
     def unavailable() -> None:
-        raise StoreUnavailable("the store is down")
+        raise StoreUnavailable("connection to server at 10.0.0.7, port 5432 failed")
 
     app.extensions[EXTENSION].store.ping = unavailable
-    description.call(client, "GET", "/readyz", 503)
+    answer = description.call(client, "GET", "/readyz", 503)  # with Retry-After, as described
+    assert "10.0.0.7" not in answer["message"], "an open route tells nothing of the database"
 
 
 def test_every_route_refuses_a_foreign_origin_as_described(

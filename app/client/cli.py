@@ -1,17 +1,21 @@
-"""``flask --app wsgi events …``: watch a running server's changes, and read or write keys, from
-a shell. Every command talks to a server over HTTP (``--url``), so none opens a database."""
+"""``python -m app.client …`` (or ``flask --app wsgi events …``): follow a running server's
+changes, and read or write keys, from a shell. Every command talks to a server over HTTP
+(``--url``), so none opens a database."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import shutil
 import sys
+import threading
+import time
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import click
 
-from ..wire import SCOPES
+from ..wire import SCOPES, Control
 
 if TYPE_CHECKING:  # the client (and requests under it) loads when a command runs, not with
     from .client import MemoryClient  # the server that registers these commands
@@ -103,17 +107,20 @@ def event_line(event: dict, columns: int | None) -> str:
     return prefix + value
 
 
-def _say_status(status: StreamStatus) -> None:
+def _status_text(status: StreamStatus) -> str:
     if status.state == "disconnected":
-        _say(f"disconnected: {status.reason}; reconnecting in {status.retry_in:.1f}s")
-    else:
-        _say(f"reconnected; resuming after event {status.last_event_id}")
+        return f"disconnected: {status.reason}; reconnecting in {status.retry_in:.1f}s"
+    return f"reconnected; resuming after event {status.last_event_id}"
+
+
+def _say_status(status: StreamStatus) -> None:
+    _say(_status_text(status))
 
 
 def _say_reset(reset: dict) -> None:
     _say(f"the server no longer holds the events after the resume point "
          f"({reset.get('reason')}; oldest is {reset.get('oldest_id')}): changes were missed; "
-         f"reload with 'events list'")
+         f"reload with 'list', or follow the state with 'watch'")
 
 
 @events_cli.command("tail")
@@ -140,7 +147,7 @@ def tail(client: MemoryClient, patterns: tuple[str, ...], scope: str | None,
             for event in stream:
                 if as_json:
                     click.echo(_compact(event))
-                elif event.get("type") == "reset":
+                elif event.get("type") == Control.RESET:
                     _say_reset(event)
                 else:
                     click.echo(event_line(event, columns))
@@ -148,21 +155,102 @@ def tail(client: MemoryClient, patterns: tuple[str, ...], scope: str | None,
         pass  # Ctrl-C is how a tail ends: no traceback, exit code 0
 
 
-#: move to the top left and clear the screen: the state is drawn again in place
-REDRAW = "\x1b[H\x1b[J"
+#: the least time between two drawings of a watch: the changes in between are drawn together
+REDRAW_SECONDS = 0.1
+#: cursor to the top left; clear the rest of the line; clear the rest of the screen
+HOME, CLEAR_LINE, CLEAR_BELOW = "\x1b[H", "\x1b[K", "\x1b[J"
+
+
+def _key_name(key: str | tuple[str, ...]) -> str:
+    """A watch of several scopes keys its state by ``(scope, scope_id, key)``."""
+    return key if isinstance(key, str) else "/".join(key)
 
 
 def state_lines(state: dict, columns: int | None) -> list[str]:
     """One line per key, sorted, with its value cut to fit ``columns`` (``None``: whole)."""
     lines = []
     for key in sorted(state, key=str):
-        name = key if isinstance(key, str) else "/".join(key)
+        name = _key_name(key)
         name = name if name.isprintable() else _compact(name)
         value = _compact(state[key])
         if columns is not None:
             value = _shorten(value, max(MIN_VALUE_WIDTH, columns - len(name) - 2))
         lines.append(f"{name}  {value}")
     return lines
+
+
+def screen(state: dict | None, status: str, columns: int, rows: int) -> str:
+    """A whole terminal screen of a watch, drawn over the last one from the top left: the
+    status, then one line per key (``None``: the snapshot is not in yet), no line longer than
+    ``columns`` and no more lines than ``rows``, so nothing scrolls."""
+    if state is None:
+        lines = [status, "(waiting for the current state)"]
+    else:
+        keys = state_lines(state, columns) or ["(no keys)"]
+        room = max(1, rows - 1)
+        if len(keys) > room:
+            keys = keys[:room - 1] + [f"… and {len(keys) - room + 1} more keys"]
+        lines = [f"{len(state)} key{'' if len(state) == 1 else 's'} · {status}", *keys]
+    return (HOME + (CLEAR_LINE + "\n").join(_shorten(line, columns) for line in lines[:rows])
+            + CLEAR_BELOW)
+
+
+class _Screen:
+    """A watch drawn in place on a terminal.
+
+    A thread follows the watch while this one draws, at most every ``REDRAW_SECONDS``: a burst
+    of changes costs one drawing, and the last change is always drawn, even when none follows
+    it. The connection's status is part of the drawing, so no notice scrolls the state away.
+    """
+
+    def __init__(self, status: str) -> None:
+        self._changed = threading.Condition()
+        self._status = status
+        self._state: dict | None = None
+        self._failure: BaseException | None = None
+        self._stale = True
+
+    @contextlib.contextmanager
+    def _changing(self) -> Iterator[None]:
+        with self._changed:
+            yield
+            self._stale = True
+            self._changed.notify()
+
+    def on_status(self, status: StreamStatus) -> None:
+        with self._changing():
+            self._status = _status_text(status)
+
+    def follow(self, states: Iterable[dict]) -> None:
+        """The watching thread: a failure (a refused reconnect) ends the drawing too."""
+        try:
+            for state in states:
+                with self._changing():
+                    self._state = state
+        except Exception as exc:
+            with self._changing():
+                self._failure = exc
+
+    def draw(self) -> None:
+        """Draw each new state until Ctrl-C or a failure, which is raised here."""
+        drawn_at = -REDRAW_SECONDS
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: self._stale)
+                if self._failure is not None:
+                    raise self._failure
+            time.sleep(max(0.0, drawn_at + REDRAW_SECONDS - time.monotonic()))
+            with self._changed:
+                self._stale = False
+                status = self._status
+                # ``dict`` copies in one step under the GIL (its keys are strings or tuples
+                # of strings, which run no Python code), while the watching thread may be
+                # changing it; a change the copy missed or caught halfway marks the screen
+                # stale again once it is whole, and is drawn next.
+                state = None if self._state is None else dict(self._state)
+            columns, rows = shutil.get_terminal_size()
+            click.echo(screen(state, status, columns, rows), nl=False)
+            drawn_at = time.monotonic()
 
 
 @events_cli.command("watch")
@@ -174,20 +262,23 @@ def watch(client: MemoryClient, patterns: tuple[str, ...], scope: str | None,
           scope_id: str | None) -> None:
     """Show the current value of every matching key, kept up to date, until Ctrl-C.
 
-    On a terminal the screen is redrawn in place at each change; into a pipe, each new state
-    is printed as one line of JSON.
+    On a terminal the state is drawn in place, at most ten times a second, cut to the
+    window, with the connection's status on top; into a pipe, each new state is printed as
+    one line of JSON, and notices go to stderr.
     """
-    terminal = sys.stdout.isatty()
     try:
-        with client.watch(list(patterns), scope, scope_id, on_status=_say_status) as states:
-            for state in states:
-                if terminal:
-                    columns = shutil.get_terminal_size().columns
-                    lines = state_lines(state, columns) or ["(no keys yet)"]
-                    click.echo(REDRAW + "\n".join(lines), nl=True)
-                else:
-                    click.echo(_compact({key if isinstance(key, str) else "/".join(key): value
-                                         for key, value in state.items()}))
+        if not sys.stdout.isatty():
+            with client.watch(list(patterns), scope, scope_id,
+                              on_status=_say_status) as states:
+                for state in states:
+                    click.echo(_compact({_key_name(key): value for key, value in
+                                         state.items()}))
+            return
+        drawing = _Screen(f"connected to {client.base_url} (Ctrl-C stops)")
+        # Left open on purpose: the watching thread is in it until the command ends.
+        states = client.watch(list(patterns), scope, scope_id, on_status=drawing.on_status)
+        threading.Thread(target=drawing.follow, args=(states,), daemon=True).start()
+        drawing.draw()
     except KeyboardInterrupt:
         pass
 

@@ -20,15 +20,13 @@ from urllib.parse import urlsplit
 
 import requests
 
-from ..wire import API_PREFIX
+from ..wire import AGENT_ID_HEADER, API_PREFIX, MAX_LIST_LIMIT, SCOPE_ID_HEADERS
 from .errors import ApiError, ConnectionFailed, NotFound, api_error, reason
 from .stream import Backoff, StreamStatus, Subscription, _Stream
 from .watch import Watch
 
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_IDLE_TIMEOUT = 60.0
-#: records fetched per request when ``list`` pages
-LIST_PAGE = 1000
 
 
 def _since(value: datetime | str | None) -> str | None:
@@ -73,9 +71,9 @@ class MemoryClient:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.session = requests.Session()
-        headers = {"X-API-Key": api_key, "X-Workflow-ID": workflow_id,
-                   "X-Session-ID": session_id, "X-Actor-ID": actor_id,
-                   "X-Agent-Node-ID": agent_id}
+        headers = {"X-API-Key": api_key, SCOPE_ID_HEADERS["workflow"]: workflow_id,
+                   SCOPE_ID_HEADERS["session"]: session_id, SCOPE_ID_HEADERS["actor"]: actor_id,
+                   AGENT_ID_HEADER: agent_id}
         self.session.headers.update({name: value for name, value in headers.items() if value})
 
     def close(self) -> None:
@@ -134,7 +132,7 @@ class MemoryClient:
         return [record for page in self.pages(scope, scope_id, prefix) for record in page]
 
     def pages(self, scope: str, scope_id: str | None = None, prefix: str | None = None,
-              limit: int = LIST_PAGE) -> Iterator[list[dict]]:
+              limit: int = MAX_LIST_LIMIT) -> Iterator[list[dict]]:
         """``list`` one page at a time, each request costing only its own page."""
         params: dict[str, str] = {**_filters(None, scope, scope_id), "limit": str(limit)}
         if prefix is not None:

@@ -10,8 +10,10 @@ from typing import Callable, Generator, Iterator
 import requests
 import urllib3
 
+from ..wire import Control, EndReason
 from .errors import ApiError, ConnectionFailed, reason
 from .sse import frames
+
 
 @dataclass(frozen=True)
 class Backoff:
@@ -145,21 +147,22 @@ class _Stream:
                     self.last_event_id = frame.id or str(data.get("id"))
                     seen, self._from_empty_log = True, False
                     yield data
-                elif frame.event == "snapshot":
-                    yield {"type": "snapshot", "record": data}
-                elif frame.event == "snapshot_end":
+                elif frame.event == Control.SNAPSHOT:
+                    yield {"type": Control.SNAPSHOT.value, "record": data}
+                elif frame.event == Control.SNAPSHOT_END:
                     self.last_event_id = str(data["last_id"])
                     seen = True
-                    yield {"type": "snapshot_end", **data}
-                elif frame.event == "reset":
+                    yield {"type": Control.SNAPSHOT_END.value, **data}
+                elif frame.event == Control.RESET:
                     if self._from_empty_log and "oldest_id" in data:
                         # Only what came before the subscription was trimmed: everything kept
                         # came after it, so resume from the oldest kept and miss nothing.
                         self._from_empty_log = False
-                        return _Ending("reset", True, str(int(data["oldest_id"]) - 1))
-                    yield {"type": "reset", **data}
+                        return _Ending(Control.RESET.value, True,
+                                       str(int(data["oldest_id"]) - 1))
+                    yield {"type": Control.RESET.value, **data}
                 elif "last_id" in data:
-                    return _Ending(frame.event, seen or frame.event == "lifetime",
+                    return _Ending(frame.event, seen or frame.event == EndReason.LIFETIME,
                                    str(data["last_id"]))
         except DROPPED as exc:
             return _Ending(f"connection lost ({reason(exc)})", seen)

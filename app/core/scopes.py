@@ -3,11 +3,9 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from ..wire import SCOPES
+from ..wire import AGENT_ID_HEADER, SCOPE_ID_HEADERS, SCOPES
 from .errors import Invalid
 from .records import Author
-
-_HEADERS = {"workflow": "X-Workflow-ID", "session": "X-Session-ID", "actor": "X-Actor-ID"}
 
 
 def text(value: object, field: str) -> str:
@@ -43,7 +41,7 @@ def header_id(scope: str, headers: Mapping[str, str]) -> str | None:
     """The scope id a request's ``X-*-ID`` header gives (``global`` needs none)."""
     if scope == "global":
         return "global"
-    return optional_text(headers.get(_HEADERS[scope]), "scope_id")
+    return optional_text(headers.get(SCOPE_ID_HEADERS[scope]), "scope_id")
 
 
 def _explicit(scope: str, scope_id: object, headers: Mapping[str, str]) -> tuple[str, str]:
@@ -54,7 +52,8 @@ def _explicit(scope: str, scope_id: object, headers: Mapping[str, str]) -> tuple
     sid = sid or header_id(scope, headers)
     if sid is None:
         raise Invalid("missing_scope_id",
-                       f"Scope '{scope}' needs 'scope_id' or the {_HEADERS[scope]} header.")
+                      f"Scope '{scope}' needs 'scope_id' or the {SCOPE_ID_HEADERS[scope]} "
+                      "header.")
     return scope, sid
 
 
@@ -80,6 +79,6 @@ def candidates(scope: object, scope_id: object, headers: Mapping[str, str],
 
 def author(headers: Mapping[str, str]) -> Author:
     """The event metadata a change carries, from the headers the control plane reads."""
-    return Author(agent_id=headers.get("X-Agent-Node-ID", "").strip(),
-                  actor_id=headers.get("X-Actor-ID", "").strip(),
-                  workflow_id=headers.get("X-Workflow-ID", "").strip())
+    return Author(agent_id=headers.get(AGENT_ID_HEADER, "").strip(),
+                  actor_id=headers.get(SCOPE_ID_HEADERS["actor"], "").strip(),
+                  workflow_id=headers.get(SCOPE_ID_HEADERS["workflow"], "").strip())

@@ -5,7 +5,7 @@ config file gives an app that embeds the service the same behaviour as ``gunicor
   unless you set it);
 * enough open files for ``worker_connections`` streams;
 * under the gevent worker, direct writes to waiting streams, closes noticed at once, and
-  vector searches scored in a thread, off the event loop;
+  vector searches and index builds run in a thread, off the event loop;
 * on SIGTERM, every stream ends at once with a final ``shutdown`` frame, and so does every
   stream opened while the worker stops.
 

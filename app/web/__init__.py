@@ -9,10 +9,12 @@ from typing import Any, Callable, Mapping
 
 from flask import Flask
 
+# The terminal tools, offered as ``flask --app wsgi events``: they cost only click, which Flask
+# loads anyway; the client under them loads when a command runs.
 from ..client.cli import events_cli
+from ..core.peer import START_RESPONSE
 from ..core.service import Service
 from ..settings import Settings
-from ..core.peer import START_RESPONSE
 from ..wire import API_PREFIX, WS_PROTOCOL
 from . import security
 from .context import EXTENSION

@@ -10,7 +10,7 @@ from simple_websocket import Server
 from ..core.filters import EventFilter, from_query
 from ..core.peer import ENVIRON_KEY, Peer
 from ..core.stream import Stream
-from ..wire import MAX_ID, WS_PROTOCOL
+from ..wire import HISTORY_LIMIT, MAX_HISTORY_LIMIT, MAX_ID, WS_PROTOCOL
 from . import params, sse, ws
 from .context import current_service
 from .errors import Refused
@@ -35,11 +35,17 @@ def _last_event_id() -> int | None:
     return params.int_value(value.strip(), "invalid_last_event_id", "last_event_id", 0, MAX_ID)
 
 
-def _open_stream(transport: str, peer: Peer | None, lifetime: bool = True) -> Stream:
-    """Validate everything before a stream starts, so mistakes are plain 4xx answers."""
-    selection, last_event_id, snapshot = _selection(), _last_event_id(), params.flag("snapshot")
+def _open_stream(transport: str, peer: Peer | None, controls: bool = True) -> Stream:
+    """Validate everything before a stream starts, so mistakes are plain 4xx answers.
+
+    A client that gets no control messages (a plain WebSocket client) gets no snapshot, which
+    it could not tell from events, and no end by lifetime, from which it could not resume;
+    ``snapshot=1`` is still checked, and means nothing more for it.
+    """
+    selection, last_event_id = _selection(), _last_event_id()
+    snapshot = params.flag("snapshot") and controls
     return current_service().stream(selection, last_event_id, transport, peer, snapshot,
-                                    lifetime)
+                                    controls)
 
 
 @events.get("/memory/events/sse")
@@ -68,7 +74,7 @@ def _websocket_guard() -> None:
                                                 "Sec-WebSocket-Key and Sec-WebSocket-Version: 13.")
     g.memory_protocol = _protocol_client()
     g.memory_peer = ws.SocketPeer()
-    g.memory_stream = iter(_open_stream("ws", g.memory_peer, lifetime=g.memory_protocol))
+    g.memory_stream = iter(_open_stream("ws", g.memory_peer, controls=g.memory_protocol))
     next(g.memory_stream)  # Opened
 
 
@@ -87,7 +93,7 @@ def events_ws(connection: Server) -> None:
 @events.get("/memory/events/history")
 def events_history() -> Response:
     selection = _selection()
-    limit = params.optional_int("limit", 1, 1000, default=100)
+    limit = params.optional_int("limit", 1, MAX_HISTORY_LIMIT, default=HISTORY_LIMIT)
     after_id = params.optional_int("after_id", 0, MAX_ID)
     found = current_service().history(selection, params.since(request.args.get("since")),
                                       limit, after_id)

@@ -11,14 +11,13 @@ from flask import Blueprint, Response, request
 
 from ..core.errors import Invalid, NotFound
 from ..core.scopes import author, candidates, check_scope, header_id, optional_text, text
+from ..wire import MAX_LIST_LIMIT
 from . import params
 from .context import current_service
 from .security import require_api_key
 
 memory = Blueprint("memory", __name__)
 memory.before_request(require_api_key)
-
-MAX_LIST_LIMIT = 1000
 
 
 def json_response(body: str, status: int = 200, headers: dict[str, str] | None = None

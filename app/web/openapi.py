@@ -10,8 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from ..settings import Settings
-from ..wire import API_PREFIX, MAX_ID, SCOPES, WS_PROTOCOL
-from .memory_api import MAX_LIST_LIMIT
+from ..wire import (AGENT_ID_HEADER, API_PREFIX, EVENT_TYPE, EXPIRED, HISTORY_LIMIT,
+                    MAX_HISTORY_LIMIT, MAX_ID, MAX_LIST_LIMIT, SCOPE_ID_HEADERS, SCOPES,
+                    WS_PROTOCOL, Control, EndReason, ResetReason)
 from .params import MAX_TTL_SECONDS
 from .vector_api import DEFAULT_TOP_K, MAX_DIMENSIONS, MAX_TOP_K
 
@@ -61,6 +62,9 @@ def _response_header(description: str, schema: Json | None = None,
                      required: bool = True) -> Json:
     return {"description": description, "required": required,
             "schema": schema or {"type": "string"}}
+
+
+RETRY_AFTER = _response_header("Seconds to wait.", {"type": "integer", "minimum": 0})
 
 
 def _error(status: int, description: str, headers: Json | None = None,
@@ -184,7 +188,7 @@ def _schemas(settings: Settings) -> Json:
                 "id": {"type": "string", "pattern": EVENT_ID,
                        "description": "Decimal integer that only grows, across scopes and "
                                       "processes: the order of the log."},
-                "type": {"const": "memory_change"},
+                "type": {"const": EVENT_TYPE},
                 "timestamp": timestamp,
                 "scope": _schema("Scope"),
                 "scope_id": {"type": "string"},
@@ -199,11 +203,13 @@ def _schemas(settings: Settings) -> Json:
                     "required": ["agent_id", "actor_id", "workflow_id"],
                     "additionalProperties": False,
                     "properties": {
-                        "agent_id": {"type": "string", "description": "From `X-Agent-Node-ID`."},
-                        "actor_id": {"type": "string", "description": "From `X-Actor-ID`."},
-                        "workflow_id": {"type": "string",
-                                        "description": "From `X-Workflow-ID`."},
-                        "reason": {"const": "expired",
+                        "agent_id": {"type": "string",
+                                     "description": f"From `{AGENT_ID_HEADER}`."},
+                        "actor_id": {"type": "string",
+                                     "description": f"From `{SCOPE_ID_HEADERS['actor']}`."},
+                        "workflow_id": {"type": "string", "description":
+                                        f"From `{SCOPE_ID_HEADERS['workflow']}`."},
+                        "reason": {"const": EXPIRED,
                                    "description": "Only on the `delete` that removes a record "
                                                   "whose time to live ran out."},
                     },
@@ -219,9 +225,8 @@ def _schemas(settings: Settings) -> Json:
                            "instead.",
             "required": ["reason", "oldest_id"],
             "properties": {
-                "type": {"const": "reset"},
-                "reason": {"type": "string", "enum": ["history_trimmed",
-                                                      "unknown_last_event_id"]},
+                "type": {"const": Control.RESET.value},
+                "reason": {"type": "string", "enum": [reason.value for reason in ResetReason]},
                 "oldest_id": {"type": "string", "pattern": EVENT_ID},
             },
         },
@@ -231,7 +236,8 @@ def _schemas(settings: Settings) -> Json:
                            "a `snapshot=1` stream. On SSE the data of `event: snapshot` is the "
                            "MemoryRecord itself.",
             "required": ["type", "record"],
-            "properties": {"type": {"const": "snapshot"}, "record": _schema("MemoryRecord")},
+            "properties": {"type": {"const": Control.SNAPSHOT.value},
+                           "record": _schema("MemoryRecord")},
         },
         "SnapshotEnd": {
             "type": "object",
@@ -240,7 +246,7 @@ def _schemas(settings: Settings) -> Json:
                            "follow. On SSE it is the data of `event: snapshot_end` (without "
                            "`type`), whose `id:` is `last_id`.",
             "required": ["last_id"],
-            "properties": {"type": {"const": "snapshot_end"},
+            "properties": {"type": {"const": Control.SNAPSHOT_END.value},
                            "last_id": {"type": "string", "pattern": EVENT_ID}},
         },
         "StreamEnd": {
@@ -251,7 +257,8 @@ def _schemas(settings: Settings) -> Json:
                            "WebSocket client gets it, with `type`, as the close reason.",
             "required": ["last_id"],
             "properties": {
-                "type": {"type": "string", "enum": ["overflow", "shutdown", "lifetime"]},
+                "type": {"type": "string", "enum": [reason.value for reason in EndReason
+                                                    if reason is not EndReason.CLIENT]},
                 "last_id": {"type": "string", "pattern": EVENT_ID},
             },
         },
@@ -270,7 +277,11 @@ def _schemas(settings: Settings) -> Json:
                     "maximum": MAX_TTL_SECONDS,
                     "description": "Time to live: the record is gone this many seconds from "
                                    "now, its removal logged as a `delete` with `metadata.reason` "
-                                   "`expired`. A `set` without it clears it. Null means absent."},
+                                   f"`{EXPIRED}`. A `set` without it clears it. Null means "
+                                   f"absent. At most {MAX_TTL_SECONDS:,.0f} (about a century); "
+                                   "anything else is 400 `invalid_ttl_seconds`, except a number "
+                                   "no double holds (`1e999`), which is `invalid_json` as "
+                                   "anywhere in a body."},
             },
         },
         "KeyRequest": {
@@ -317,7 +328,8 @@ def _schemas(settings: Settings) -> Json:
             "type": "object",
             "required": ["namespace"],
             "properties": {
-                "namespace": {**key, "description": "Every key that starts with this."},
+                "namespace": {**key, "description": "Every key that starts with this, taken "
+                                                   "literally."},
                 "scope": body_scope,
                 "scope_id": scope_id,
             },
@@ -346,7 +358,8 @@ def _schemas(settings: Settings) -> Json:
                                          f"{DEFAULT_TOP_K}."},
                 "filters": {"type": ["object", "null"],
                             "description": "Keeps vectors whose `metadata` has every given key "
-                                           "with an equal JSON value."},
+                                           "with an equal JSON value (numbers by value: `2` "
+                                           "equals `2.0`)."},
                 "threshold": {"description": "Accepted for the control plane's clients, and "
                                              "ignored."},
                 "scope": body_scope,
@@ -374,18 +387,18 @@ def _schemas(settings: Settings) -> Json:
 
 
 def _parameters(settings: Settings) -> Json:
-    def scope_header(name: str, scope: str) -> Json:
-        return _header_parameter(name, f"The {scope} scope id for requests without an "
-                                       "explicit one.", False)
+    def scope_header(scope: str) -> Json:
+        return _header_parameter(SCOPE_ID_HEADERS[scope], f"The {scope} scope id for requests "
+                                                          "without an explicit one.", False)
 
     return {
-        "WorkflowId": scope_header("X-Workflow-ID", "workflow"),
-        "SessionId": scope_header("X-Session-ID", "session"),
-        "ActorId": scope_header("X-Actor-ID", "actor"),
+        "WorkflowId": scope_header("workflow"),
+        "SessionId": scope_header("session"),
+        "ActorId": scope_header("actor"),
         "AgentNodeId": _header_parameter(
-            "X-Agent-Node-ID", "The agent making the change: the event's `metadata.agent_id` "
-                               "(as `X-Actor-ID` is its `actor_id` and `X-Workflow-ID` its "
-                               "`workflow_id`).", False),
+            AGENT_ID_HEADER, f"The agent making the change: the event's `metadata.agent_id` (as "
+                             f"`{SCOPE_ID_HEADERS['actor']}` is its `actor_id` and "
+                             f"`{SCOPE_ID_HEADERS['workflow']}` its `workflow_id`).", False),
         "Origin": _header_parameter(
             "Origin", "Sent by browsers. Another origin than the service's own (scheme://host "
                       "of the request) that `MEMORY_CORS_ORIGINS` does not list is 403 "
@@ -409,8 +422,10 @@ def _parameters(settings: Settings) -> Json:
             "`1`: a stream that is not resuming first sends every current record passing the "
             "filters, then `snapshot_end` with the log position they reflect, then the events "
             "after it. One that resumes replays instead; one that cannot resume sends a fresh "
-            "snapshot where it would have sent `reset`. Anything but 0 or 1 is 400 "
-            "`invalid_snapshot`."),
+            "snapshot where it would have sent `reset`. On the WebSocket only clients of the "
+            f"`{WS_PROTOCOL}` subprotocol get a snapshot: any other client (the AgentField "
+            "SDKs) gets events only, and `snapshot=1` changes nothing for it. Anything but 0 "
+            "or 1 is 400 `invalid_snapshot`."),
     }
 
 
@@ -434,8 +449,7 @@ def _responses() -> Json:
         "Unavailable": _error(
             503, "`store_unavailable`: the store cannot be reached now; on the stream routes "
                  "also `too_many_streams`: this process holds `MEMORY_MAX_STREAMS` streams.",
-            {"Retry-After": _response_header("Seconds to wait.",
-                                             {"type": "integer", "minimum": 0})}),
+            {"Retry-After": RETRY_AFTER}),
     }
 
 
@@ -644,7 +658,8 @@ def _event_paths() -> Json:
         f"`{WS_PROTOCOL}` subprotocol also gets control messages, JSON objects with a `type`: "
         "StreamReset, SnapshotRecord and SnapshotEnd (`snapshot=1`), and a final StreamEnd "
         "(`overflow`, `shutdown` or `lifetime`). Any other client (the AgentField SDKs) gets "
-        "events only, and its stream never ends by lifetime: an overflow closes the socket "
+        "events only, with or without `snapshot=1` (it is sent no snapshot, no reset), and "
+        "its stream never ends by lifetime: an overflow closes the socket "
         "with 1008 and a shutdown with 1001, the close reason being StreamEnd JSON "
         "(`{\"type\":\"overflow\",\"last_id\":\"N\"}`).")
     return {
@@ -683,8 +698,9 @@ def _event_paths() -> Json:
             [*_refs("parameters", FILTERS),
              _query("since", {"type": "string"},
                     "RFC 3339 / ISO 8601 time; without an offset it means UTC."),
-             _query("limit", _or_empty({"type": "integer", "minimum": 1, "maximum": 1000,
-                                        "default": 100}), "How many events at most."),
+             _query("limit", _or_empty({"type": "integer", "minimum": 1,
+                                        "maximum": MAX_HISTORY_LIMIT,
+                                        "default": HISTORY_LIMIT}), "How many events at most."),
              _query("after_id", _or_empty(EVENT_ID_NUMBER),
                     "Page forward: only events after this id.")],
             {"200": {"description": "The events.",
@@ -707,13 +723,8 @@ def _ops_paths() -> Json:
             "200": {"description": "Always, while the process runs.", "content": _json(ok)}})},
         "/readyz": {"get": operation("The store answers", {
             "200": {"description": "The store answers.", "content": _json(ok)},
-            "503": {"description": "`store_unavailable`: the store does not answer.",
-                    "content": _json({
-                        "allOf": [_schema("Error"),
-                                  {"required": ["status"],
-                                   "properties": {"status": {"const": "unavailable"},
-                                                  "error": {"const": "store_unavailable"},
-                                                  "code": {"const": 503}}}]})}})},
+            "503": _error(503, "`store_unavailable`: the store does not answer.",
+                          {"Retry-After": RETRY_AFTER})})},
         "/metrics": {"get": operation("Prometheus metrics of every worker process", {
             "200": {"description": "Prometheus text exposition format.",
                     "content": {"text/plain": {"schema": {"type": "string"}}}}})},

@@ -11,14 +11,15 @@ import hmac
 
 from flask import Flask, Response, request
 
+from ..wire import AGENT_ID_HEADER, SCOPE_ID_HEADERS
 from .context import current_service
 from .errors import Refused
 
 STREAM_ENDPOINTS = {"events.events_sse", "events.events_ws", "events.events_ws_required"}
 #: what a page on an allowed origin may read of an answer: paging, the listing's position
 EXPOSED_HEADERS = "Link, X-Last-Event-ID, Retry-After"
-CORS_HEADERS = ("Content-Type, Authorization, X-API-Key, X-Workflow-ID, X-Session-ID, "
-                "X-Actor-ID, X-Agent-Node-ID, Last-Event-ID")
+CORS_HEADERS = ", ".join(("Content-Type", "Authorization", "X-API-Key",
+                          *SCOPE_ID_HEADERS.values(), AGENT_ID_HEADER, "Last-Event-ID"))
 
 
 def _presented_key() -> str | None:

@@ -5,16 +5,17 @@ import contextlib
 import json
 import socket
 
-
 from flask import Response
 
 from ..core.stream import (Batch, End, Idle, Item, Opened, Reset, Snapshot, SnapshotEnd,
                            Stream)
-from ..wire import EndReason
+from ..wire import Control, EndReason
 
 RETRY_MS = 1000
 CONNECTED = b": connected\nretry: %d\n\n" % RETRY_MS
 KEEPALIVE = b": keepalive\n\n"
+#: one record of a snapshot, whose JSON fills the ``%s``
+SNAPSHOT_FRAME = b"event: %s\ndata: %%s\n\n" % Control.SNAPSHOT.encode()
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 TCP_USER_TIMEOUT = getattr(socket, "TCP_USER_TIMEOUT", 18)  # Linux
 
@@ -33,13 +34,13 @@ def frame(item: Item) -> bytes:
     if isinstance(item, Opened):
         return CONNECTED
     if isinstance(item, Snapshot):
-        return b"".join(b"event: snapshot\ndata: %s\n\n" % record.json.encode()
-                        for record in item.records)
+        return b"".join(SNAPSHOT_FRAME % record.json.encode() for record in item.records)
     if isinstance(item, SnapshotEnd):
-        return control_frame("snapshot_end", {"last_id": str(item.last_id)}, item.last_id)
+        return control_frame(Control.SNAPSHOT_END, {"last_id": str(item.last_id)},
+                             item.last_id)
     if isinstance(item, Reset):
-        return control_frame("reset", {"reason": item.reason.value,
-                                       "oldest_id": str(item.oldest_id)})
+        return control_frame(Control.RESET, {"reason": item.reason.value,
+                                             "oldest_id": str(item.oldest_id)})
     assert isinstance(item, End)  # the stream's last item
     if item.reason is EndReason.CLIENT:  # a client that left hears nothing more
         return b""

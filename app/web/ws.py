@@ -26,7 +26,7 @@ from wsproto.utilities import LocalProtocolError
 
 from ..core.peer import DirectWrite
 from ..core.stream import Batch, End, Item, Reset, Snapshot, SnapshotEnd
-from ..wire import EndReason
+from ..wire import Control, EndReason
 
 log = logging.getLogger(__name__)
 
@@ -103,11 +103,13 @@ def messages(item: Item, protocol: bool) -> list[str]:
     if not protocol:
         return []
     if isinstance(item, Snapshot):
-        return [control("snapshot", record=json.loads(record.json)) for record in item.records]
+        return [control(Control.SNAPSHOT, record=json.loads(record.json))
+                for record in item.records]
     if isinstance(item, SnapshotEnd):
-        return [control("snapshot_end", last_id=str(item.last_id))]
+        return [control(Control.SNAPSHOT_END, last_id=str(item.last_id))]
     if isinstance(item, Reset):
-        return [control("reset", reason=item.reason.value, oldest_id=str(item.oldest_id))]
+        return [control(Control.RESET, reason=item.reason.value,
+                        oldest_id=str(item.oldest_id))]
     if isinstance(item, End) and item.reason is not EndReason.CLIENT:
         return [control(item.reason.value, last_id=str(item.last_id))]
     return []
