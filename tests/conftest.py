@@ -125,12 +125,55 @@ class Server:
 
     def metric(self, name: str, **labels: str) -> float:
         """One sample from ``/metrics`` (0 when absent)."""
-        wanted = name + ("{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}"
-                         if labels else "")
-        for line in requests.get(self.url + "/metrics", timeout=5).text.splitlines():
-            if line.startswith(wanted + " "):
-                return float(line.rsplit(" ", 1)[1])
-        return 0.0
+        return scrape(self.url, name, **labels)
+
+    def children(self) -> list[int]:
+        """The pids of gunicorn's worker processes now: its master's children."""
+        assert self.process is not None
+        pid = self.process.pid
+        return [int(child) for child in
+                Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+    def worker_pids(self) -> list[int]:
+        """The workers' pids, once all of them started."""
+        return wait_until(lambda: len(pids := self.children()) == self.workers and pids,
+                          message="every worker to start")  # type: ignore[return-value]
+
+    def worker_of(self, client_port: int, pids: list[int]) -> int | None:
+        """Which of ``pids`` holds the server end of the loopback connection from
+        ``client_port``: the one whose descriptors include the socket inode ``/proc/net/tcp``
+        lists for it (Linux). ``None`` while no worker has accepted it yet."""
+        ends = (f"0100007F:{self.port:04X}", f"0100007F:{client_port:04X}")
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            fields = line.split()
+            if (fields[1], fields[2]) == ends:
+                target = f"socket:[{fields[9]}]"
+                break
+        else:
+            return None
+        for pid in pids:
+            for descriptor in Path(f"/proc/{pid}/fd").iterdir():
+                try:
+                    if os.readlink(descriptor) == target:
+                        return pid
+                except OSError:  # closed since it was listed
+                    continue
+        return None
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    """One sample from Prometheus text (0 when absent)."""
+    wanted = name + ("{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}"
+                     if labels else "") + " "
+    for line in text.splitlines():
+        if line.startswith(wanted):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def scrape(base_url: str, name: str, **labels: str) -> float:
+    """One sample from the ``/metrics`` of the service at ``base_url`` (0 when absent)."""
+    return sample(requests.get(base_url + "/metrics", timeout=5).text, name, **labels)
 
 
 def _postgres_bin() -> Path | None:

@@ -12,9 +12,11 @@ import threading
 import pytest
 import requests
 
+from app.client import MemoryClient
+
+from .api import MEMORY, history_events
 from .conftest import Server, wait_until
 
-API = "/api/v1"
 WRITERS = 6
 KILLS = 3
 WRITES_PER_LIFE = 50
@@ -55,7 +57,7 @@ class WriterStorm:
                     return
                 key, data = f"w{writer}.{seq}", {"writer": writer, "seq": seq}
                 try:
-                    response = session.post(self.server.url + API + "/memory/set",
+                    response = session.post(self.server.url + MEMORY + "/set",
                                             json={"key": key, "data": data}, timeout=30)
                 except requests.RequestException:
                     continue
@@ -70,19 +72,6 @@ class WriterStorm:
         self.serving.set()
         for thread in self._threads:
             thread.join(30)
-
-
-def all_events(server: Server) -> list[dict]:
-    """The whole log, oldest first, paging forward with ``after_id``."""
-    events: list[dict] = []
-    while True:
-        response = requests.get(server.url + API + "/memory/events/history", timeout=30,
-                                params={"limit": 1000,
-                                        "after_id": events[-1]["id"] if events else 0})
-        assert response.status_code == 200, response.text
-        events.extend(response.json())
-        if len(response.json()) < 1000:
-            return events
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
@@ -101,13 +90,11 @@ def test_no_acknowledged_write_is_lost_to_sigkill(server_factory):
     storm.stop()
     assert not storm.unexpected
 
-    for key, data in storm.acknowledged.items():
-        response = requests.post(server.url + API + "/memory/get", json={"key": key}, timeout=30)
-        assert response.status_code == 200 and response.json()["data"] == data, key
-    rows = {row["key"]: row["data"] for row in
-            requests.get(server.url + API + "/memory/list", params={"scope": "global"},
-                         timeout=30).json()}
-    events = all_events(server)
+    with MemoryClient(server.url, timeout=30) as memory:
+        for key, data in storm.acknowledged.items():
+            assert memory.record(key)["data"] == data, key
+        rows = {row["key"]: row["data"] for row in memory.list("global")}
+    events = history_events(server.url)
     ids = [int(event["id"]) for event in events]
     assert ids == list(range(1, len(ids) + 1)), "the log has a hole"
     logged = {event["key"]: event["data"] for event in events}

@@ -3,12 +3,7 @@ from __future__ import annotations
 
 import itertools
 
-import requests
-
-from .api import history_ids, put
-from .sse import SSEClient
-
-SSE = "/api/v1/memory/events/sse"
+from .api import SSE, SSEClient, history_ids, put
 
 
 def test_two_servers_on_one_database_see_each_others_writes_in_log_order(server_factory):
@@ -30,9 +25,7 @@ def test_every_subscriber_of_a_two_worker_server_gets_every_change(server_factor
         for stream in streams:
             stream.next()
         for i in range(30):
-            # A new connection each time, so both workers take writes.
-            requests.post(server.url + "/api/v1/memory/set", json={"key": f"k.{i}", "data": i},
-                          headers={"Connection": "close"}, timeout=10).raise_for_status()
+            put(server.url, f"k.{i}", i)  # a new connection each time: both workers take writes
         expected = history_ids(server.url)
         for stream in streams:
             assert [int(e["id"]) for e in stream.events(30)] == expected

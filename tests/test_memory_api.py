@@ -22,11 +22,11 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from app.web.context import EXTENSION
+from app.wire import SCOPES
 
+from .api import MEMORY
 from .conftest import Server, wait_until
 
-MEMORY = "/api/v1/memory"
-SCOPES = ("workflow", "session", "actor", "global")
 RECORD_FIELDS = {"key", "data", "scope", "scope_id", "created_at", "updated_at", "version",
                  "expires_at"}
 ERROR_FIELDS = {"error", "message", "details", "code"}

@@ -1,19 +1,16 @@
 """Health, readiness, the description and Prometheus metrics; the metrics' sums over two worker
 processes on a real server.
 
-Which worker serves a connection is the kernel's choice, so the two-worker tests look it up: the
-worker holding the server end of a loopback connection is the one whose descriptors include the
-socket inode ``/proc/net/tcp`` lists for it (Linux).
+Which worker serves a connection is the kernel's choice, so the two-worker tests look it up
+(``Server.worker_of``) and open connections until every worker holds some.
 """
 from __future__ import annotations
 
+import functools
 import json
-import os
 from http.client import HTTPConnection
-from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
-import requests
 from flask import Flask
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
@@ -23,9 +20,9 @@ from app.store import StoreUnavailable
 from app.web import openapi
 from app.web.context import EXTENSION
 
-from .conftest import Server, wait_until
+from .api import MEMORY, SSE, history_ids, parse, put
+from .conftest import Server, sample, wait_until
 
-MEMORY = "/api/v1/memory"
 METRIC_TYPES = {
     "memory_events_subscribers": "gauge",
     "memory_events_published": "counter",
@@ -54,9 +51,8 @@ def test_readyz_answers_503_while_the_store_is_down_and_healthz_stays_ok(
     app.extensions[EXTENSION].store.ping = unavailable
     ready = client.get("/readyz")
     assert ready.status_code == 503
-    assert ready.json["status"] == "unavailable"
     assert (ready.json["error"], ready.json["code"]) == ("store_unavailable", 503)
-    assert ready.json["details"] == ready.json["message"]
+    assert ready.json["message"] and ready.json["details"] == ready.json["message"]
     assert client.get("/healthz").status_code == 200
 
 
@@ -81,21 +77,12 @@ def test_openapi_json_is_the_description_of_the_running_settings(
     assert response.json == json.loads(json.dumps(openapi.build(Settings.load(config))))
 
 
-def _frames(response) -> Iterator[bytes]:  # noqa: ANN001 - a streamed test response
-    return iter(response.response)
-
-
 def test_metrics_are_prometheus_text_that_follows_a_change(
         app_factory: Callable[..., Flask]) -> None:
     client = app_factory(MEMORY_HEARTBEAT_SECONDS="0.1").test_client()
 
     def metric(name: str, **labels: str) -> float:
-        wanted = name + ("{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}"
-                         if labels else "")
-        for line in client.get("/metrics").text.splitlines():
-            if line.startswith(wanted + " "):
-                return float(line.rsplit(" ", 1)[1])
-        return 0.0
+        return sample(client.get("/metrics").text, name, **labels)
 
     response = client.get("/metrics")
     assert response.status_code == 200
@@ -105,17 +92,14 @@ def test_metrics_are_prometheus_text_that_follows_a_change(
     assert {name: families.get(name) for name in METRIC_TYPES} == METRIC_TYPES
     assert 'memory_events_subscribers{transport="sse"} 0.0' in response.text.splitlines()
 
-    stream = client.get(f"{MEMORY}/events/sse", buffered=False)
+    stream = client.get(SSE, buffered=False)
     try:
-        frames = _frames(stream)
-        assert next(frames).startswith(b": connected")
+        frames = parse(stream.response)
+        assert next(frames).comments == ("connected",)
         assert metric("memory_events_subscribers", transport="sse") == 1
         assert client.post(f"{MEMORY}/set", json={"key": "k", "data": 1}).status_code == 200
         assert metric("memory_events_published_total") == 1
-        frame = next(frames)
-        while frame == b": keepalive\n\n":
-            frame = next(frames)
-        assert json.loads(frame.split(b"data: ", 1)[1])["key"] == "k"
+        assert next(frame for frame in frames if frame.is_event).json["key"] == "k"
         next(frames)  # the stream goes on past its write: the delivery is counted
         assert metric("memory_events_delivered_total", transport="sse") == 1
     finally:
@@ -131,58 +115,18 @@ def test_metrics_are_prometheus_text_that_follows_a_change(
 
 # -- sums over two worker processes, on a real server -----------------------------------------
 
-def worker_pids(server: Server) -> list[int]:
-    """gunicorn's worker processes: the children of its master."""
-    assert server.process is not None
-    pid = server.process.pid
-    children = Path(f"/proc/{pid}/task/{pid}/children")
-
-    def all_started() -> list[int] | None:
-        pids = [int(child) for child in children.read_text().split()]
-        return pids if len(pids) == server.workers else None
-
-    return wait_until(all_started, message="every worker to start")
-
-
-def holder(server: Server, pids: list[int], connection: HTTPConnection) -> int | None:
-    """The worker that accepted ``connection``; ``None`` while no worker has yet."""
-    local = f"0100007F:{server.port:04X}"
-    remote = f"0100007F:{connection.sock.getsockname()[1]:04X}"
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if (fields[1], fields[2]) == (local, remote):
-            target = f"socket:[{fields[9]}]"
-            break
-    else:
-        return None
-    for pid in pids:
-        for descriptor in Path(f"/proc/{pid}/fd").iterdir():
-            try:
-                if os.readlink(descriptor) == target:
-                    return pid
-            except OSError:  # closed since it was listed
-                continue
-    return None
-
-
 def connections_on_every_worker(server: Server, at_least: int) -> list[HTTPConnection]:
     """Fresh connections, kept open, until each worker has accepted ``at_least`` of them."""
-    pids = worker_pids(server)
+    pids = server.worker_pids()
     held: dict[int, list[HTTPConnection]] = {pid: [] for pid in pids}
     while min(map(len, held.values())) < at_least:
         assert sum(map(len, held.values())) < MAX_CONNECTIONS, "one worker accepts everything"
         connection = HTTPConnection("127.0.0.1", server.port, timeout=10)
         connection.connect()
-        held[wait_until(lambda: holder(server, pids, connection),
+        port = connection.sock.getsockname()[1]
+        held[wait_until(lambda: server.worker_of(port, pids),
                         message="a worker to accept the connection")].append(connection)
     return [connection for connections in held.values() for connection in connections]
-
-
-def history_count(server: Server) -> int:
-    response = requests.get(server.url + f"{MEMORY}/events/history", params={"limit": 1000},
-                            timeout=10)
-    assert response.status_code == 200, response.text
-    return len(response.json())
 
 
 def test_published_counter_sums_the_writes_of_both_workers(
@@ -199,7 +143,7 @@ def test_published_counter_sums_the_writes_of_both_workers(
             assert response.status == status
         connection.close()
     assert server.metric("memory_events_published_total") == len(connections)
-    assert history_count(server) == len(connections)
+    assert len(history_ids(server.url)) == len(connections)
 
 
 def test_stream_metrics_sum_the_streams_of_both_workers(
@@ -208,21 +152,18 @@ def test_stream_metrics_sum_the_streams_of_both_workers(
     the streams both workers hold."""
     server = server_factory(workers=2, env={"MEMORY_HEARTBEAT_SECONDS": "0.2"})
     connections = connections_on_every_worker(server, at_least=2)
-    responses = []
+    streams = []
     for connection in connections:
-        connection.request("GET", f"{MEMORY}/events/sse")
+        connection.request("GET", SSE)
         response = connection.getresponse()
         assert response.status == 200
-        assert response.readline() == b": connected\n"
-        responses.append(response)
+        stream = parse(iter(functools.partial(response.read1, 65536), b""))
+        assert next(stream).comments == ("connected",)
+        streams.append(stream)
     assert server.metric("memory_events_subscribers", transport="sse") == len(connections)
-    assert requests.post(server.url + f"{MEMORY}/set", json={"key": "k", "data": 1},
-                         timeout=10).status_code == 200
-    for response in responses:  # every stream gets the change, whichever worker wrote it
-        line = response.readline()
-        while not line.startswith(b"data: "):
-            line = response.readline()
-        assert json.loads(line[len(b"data: "):])["key"] == "k"
+    put(server.url, "k", 1)
+    for stream in streams:  # every stream gets the change, whichever worker wrote it
+        assert next(frame for frame in stream if frame.is_event).json["key"] == "k"
     wait_until(lambda: server.metric("memory_events_delivered_total", transport="sse")
                == len(connections), message="every delivery to be counted")
     assert server.metric("memory_events_delivery_seconds_count") == len(connections)

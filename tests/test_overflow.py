@@ -3,76 +3,58 @@ cut off with a resume point and loses nothing, it slows no one else, and what th
 for it stays within the bounds."""
 from __future__ import annotations
 
+import functools
 import socket
 import threading
-import time
+from http.client import HTTPConnection
 from pathlib import Path
 
 import requests
 
-from app.client.sse import SseFrame, SseParser
+from app.client.sse import SseFrame
 
-from .api import history_ids, put
+from .api import SSE, SSEClient, history_ids, parse, put
 from .conftest import Server
-from .sse import SSEClient
 
-SSE = "/api/v1/memory/events/sse"
 BIG = "x" * 65536  # large values fill socket buffers quickly
 #: as small a receive window as the kernel allows, so the server's writes block soon
 SMALL_WINDOW = 4096
 
 
 class FrozenReader:
-    """A client that sends its request, reads the first bytes, then stops reading."""
+    """A client that opens a stream, reads its first frame, then stops reading; on a socket
+    whose receive window is as small as it gets, so what the server writes soon blocks."""
 
     def __init__(self, server: Server, path: str = SSE) -> None:
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_WINDOW)
-        self.sock.connect(("127.0.0.1", server.port))
-        self.sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-        self.sock.settimeout(10)
-        self.buffer = b""
-        while b": connected" not in self.buffer:
-            self.buffer += self.sock.recv(4096)
-        assert b" 200 " in self.buffer
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_WINDOW)
+        sock.settimeout(10)
+        sock.connect(("127.0.0.1", server.port))
+        self.connection = HTTPConnection("127.0.0.1", server.port)
+        self.connection.sock = sock
+        self.connection.request("GET", path)
+        self.response = self.connection.getresponse()
+        assert self.response.status == 200
+        self.frames = parse(iter(functools.partial(self.response.read1, SMALL_WINDOW), b""))
+        assert next(self.frames).comments == ("connected",)
 
-    def thaw(self, timeout: float = 60) -> bytes:
-        """Read everything until the server ends the response (keepalives don't count)."""
-        deadline = time.monotonic() + timeout
-        self.sock.settimeout(timeout)
-        chunks = [self.buffer]
-        while not chunks[-1].endswith(b"0\r\n\r\n"):
-            assert time.monotonic() < deadline, "the server never ended the stream"
-            data = self.sock.recv(1 << 20)
-            if not data:
-                break
-            chunks.append(data)
-        self.sock.close()
-        return b"".join(chunks)
+    def thaw(self, timeout: float = 60) -> list[SseFrame]:
+        """Every frame until the server ends the response (with HTTP's final chunk)."""
+        assert self.connection.sock is not None
+        self.connection.sock.settimeout(timeout)
+        try:
+            return list(self.frames)
+        finally:
+            self.close()
 
-
-def dechunk(body: bytes) -> list[bytes]:
-    parts = []
-    while body:
-        size_line, rest = body.split(b"\r\n", 1)
-        size = int(size_line, 16)
-        if size == 0:
-            break
-        parts.append(rest[:size])
-        assert rest[size:size + 2] == b"\r\n", "broken chunked framing"
-        body = rest[size + 2:]
-    return parts
+    def close(self) -> None:
+        self.connection.close()
 
 
-def sse_frames(raw: bytes) -> list[SseFrame]:
-    """The frames of a whole chunked SSE response, parsed by the client's parser."""
-    return SseParser().feed(b"".join(dechunk(raw.split(b"\r\n\r\n", 1)[1])))
-
-
-def overflowed(raw: bytes) -> tuple[list[int], int]:
+def overflowed(frames: list[SseFrame]) -> tuple[list[int], int]:
     """The ids of the events a stream sent before it ended with ``overflow``, and the id that
     overflow says to resume after."""
-    *events, final = [frame for frame in sse_frames(raw) if frame.is_event]
+    *events, final = [frame for frame in frames if frame.is_event]
     assert final.event == "overflow", f"the stream ended with {final.event}: {final.data}"
     assert [frame.event for frame in events] == ["message"] * len(events)
     assert [frame.json["id"] for frame in events] == [frame.id for frame in events]
@@ -100,9 +82,7 @@ def events_past_the_bound(value_size: int, max_bytes: int) -> int:
 
 
 def _worker_rss_kib(server: Server) -> int:
-    assert server.process is not None
-    pid = server.process.pid
-    worker = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()[0]
+    [worker] = server.worker_pids()
     for line in Path(f"/proc/{worker}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
@@ -183,4 +163,4 @@ def test_frozen_reader_slows_no_one_and_holds_bounded_memory(server_factory):
         reader.join()
     assert received == list(range(1, 601))
     assert after - before < 12 * 1024, f"worker RSS grew {after - before} KiB"
-    frozen.sock.close()
+    frozen.close()

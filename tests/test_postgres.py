@@ -13,13 +13,10 @@ import psycopg
 import pytest
 import requests
 
+from .api import MEMORY, SSE, SSEClient, history_ids, put
+from .conftest import PostgresCluster, Server, every_store, wait_until
+from .conftest import postgres_only as POSTGRES_ONLY
 
-from .api import history_ids, put
-from .conftest import STORES, PostgresCluster, Server, wait_until
-from .sse import SSEClient
-
-POSTGRES_ONLY = pytest.mark.parametrize("db_url", [s for s in STORES if s == "postgres"],
-                                        indirect=True)
 #: the listening connections' backends, as ``pg_stat_activity`` shows them
 LISTENERS = "SELECT pid FROM pg_stat_activity WHERE query = 'LISTEN memory_events'"
 #: backends of this database waiting for a row another transaction holds (the log's advisory
@@ -41,7 +38,7 @@ def subscribe(server_factory) -> Iterator[Callable[[list[Server]], list[SSEClien
     opened: list[SSEClient] = []
 
     def open_streams(hosts: list[Server]) -> list[SSEClient]:
-        streams = [SSEClient(host.url + "/api/v1/memory/events/sse") for host in hosts
+        streams = [SSEClient(host.url + SSE) for host in hosts
                    for _ in range(2)]
         opened.extend(streams)
         for stream in streams:
@@ -64,7 +61,7 @@ def answer(method: str, url: str, **kwargs: object) -> requests.Response:
 def put_when_up(host: Server, key: str, data: object) -> None:
     """Retry a write until it commits; until then it must be refused with 503, nothing else."""
     def attempt() -> bool:
-        response = answer("POST", host.url + "/api/v1/memory/set",
+        response = answer("POST", host.url + MEMORY + "/set",
                           json={"key": key, "data": data})
         assert response.status_code in (200, 503), response.text
         return response.status_code == 200
@@ -106,12 +103,14 @@ def test_concurrent_writers_never_make_a_follower_skip_an_id(server_factory, sub
         assert received_ids(stream, len(log)) == log
 
 
-def test_list_sorts_keys_by_code_point_on_every_store(server):
+@every_store
+def test_list_sorts_keys_by_code_point_on_every_store(app_factory, db_url):
+    """In process: ordering is the store's, and PostgreSQL's collation here is a locale's."""
+    client = app_factory(MEMORY_DB_URL=db_url).test_client()
     for key in ("a", "B", "_", "é"):
-        put(server.url, key, 1)
-    response = requests.get(server.url + "/api/v1/memory/list", params={"scope": "global"},
-                            timeout=10)
-    assert [record["key"] for record in response.json()] == ["B", "_", "a", "é"]
+        assert client.post(MEMORY + "/set", json={"key": key, "data": 1}).status_code == 200
+    response = client.get(MEMORY + "/list", query_string={"scope": "global"})
+    assert [record["key"] for record in response.json] == ["B", "_", "a", "é"]
 
 
 @POSTGRES_ONLY
@@ -159,7 +158,7 @@ def test_streams_survive_a_postgres_restart_and_lose_nothing(server_factory, sub
     postgres_cluster.stop()
     try:
         for host in hosts:
-            refused = answer("POST", host.url + "/api/v1/memory/set",
+            refused = answer("POST", host.url + MEMORY + "/set",
                              json={"key": "during", "data": 0})
             assert refused.status_code == 503
             assert refused.json()["error"] == "store_unavailable"
@@ -187,7 +186,7 @@ def test_a_query_waiting_in_postgres_leaves_its_worker_serving(server_factory, d
     writes: list[requests.Response] = []
 
     def write() -> None:
-        writes.append(answer("POST", server.url + "/api/v1/memory/set",
+        writes.append(answer("POST", server.url + MEMORY + "/set",
                              json={"key": "queued", "data": 1}))
 
     def waiters() -> int:

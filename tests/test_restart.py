@@ -3,12 +3,8 @@ from __future__ import annotations
 
 import signal
 
-from .api import history_ids, put
+from .api import SSE, SSEClient, history_ids, put
 from .conftest import every_store, wait_until
-from .sse import SSEClient
-from .test_shutdown import workers
-
-SSE = "/api/v1/memory/events/sse"
 
 
 def _drain_ids(stream: SSEClient) -> list[int]:
@@ -42,7 +38,7 @@ def test_crash_then_restart_resumes_from_the_last_id(server_factory):
 
 def test_sighup_recycles_workers_and_clients_resume(server_factory):
     server = server_factory()
-    [old] = workers(server)
+    [old] = server.children()
     with SSEClient(server.url + SSE) as stream:
         stream.next()
         put(server.url, "one", 1)
@@ -50,7 +46,7 @@ def test_sighup_recycles_workers_and_clients_resume(server_factory):
         server.send(signal.SIGHUP)
         received += _drain_ids(stream)  # the old worker ends its streams on its way out
     # Until it exits, the old worker may still accept a stream, which it would end at once.
-    wait_until(lambda: old not in workers(server), message="the old worker to exit")
+    wait_until(lambda: old not in server.children(), message="the old worker to exit")
     put(server.url, "two", 2)
     with SSEClient(server.url + SSE, headers={"Last-Event-ID": str(received[-1])}) as resumed:
         received += [int(e["id"]) for e in resumed.events(1)]

@@ -9,17 +9,15 @@ import threading
 from typing import Callable, Iterator
 
 import pytest
-import requests
 
+from app.client import MemoryClient
 from app.core.records import Author
 from app.store import open_store
 
-from .api import history_ids, put
+from .api import SSE, SSEClient, history_ids, put
 from .conftest import Server, every_store, wait_until
-from .sse import SSEClient
 from .test_ws import QUICK, WSClient
 
-SSE = "/api/v1/memory/events/sse"
 #: SSE, and the WebSocket of a client that asked for control messages
 TRANSPORTS = pytest.mark.parametrize("transport", ["sse", "ws"])
 SHORT_RETENTION = {"MEMORY_RETENTION_HOURS": "0.0002", **QUICK}
@@ -28,10 +26,9 @@ SHORT_RETENTION = {"MEMORY_RETENTION_HOURS": "0.0002", **QUICK}
 def _storm(base_url: str, writers: int, writes: int) -> list[threading.Thread]:
     """Writers that alternate matching and non-matching keys, each on its own connection."""
     def write(n: int) -> None:
-        with requests.Session() as session:
+        with MemoryClient(base_url) as memory:
             for i in range(writes):
-                put(base_url, f"{'match' if i % 2 else 'other'}.{n}.{i}", {"n": n, "i": i},
-                    session=session)
+                memory.set(f"{'match' if i % 2 else 'other'}.{n}.{i}", {"n": n, "i": i})
     threads = [threading.Thread(target=write, args=(n,)) for n in range(writers)]
     for thread in threads:
         thread.start()
@@ -108,10 +105,10 @@ def test_unknown_future_id_sends_reset(server):
         assert reset.event == "reset" and reset.json["reason"] == "unknown_last_event_id"
 
 
-def test_bad_last_event_id_is_refused(server):
-    response = requests.get(server.url + SSE, headers={"Last-Event-ID": "abc"}, timeout=5)
+def test_bad_last_event_id_is_refused(client):
+    response = client.get(SSE, headers={"Last-Event-ID": "abc"}, buffered=False)
     assert response.status_code == 400
-    assert response.json()["error"] == "invalid_last_event_id"
+    assert response.json["error"] == "invalid_last_event_id"
 
 
 # -- snapshots -------------------------------------------------------------------------------
@@ -162,16 +159,9 @@ def read_snapshot(stream: SseItems | WSClient) -> tuple[list[dict], int]:
     return records, int(item[1]["last_id"])
 
 
-def listing(server: Server, **params: str) -> list[dict]:
-    response = requests.get(server.url + "/api/v1/memory/list", params=params, timeout=10)
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
-def delete(server: Server, key: str, **scope: str) -> None:
-    response = requests.post(server.url + "/api/v1/memory/delete", json={"key": key, **scope},
-                             timeout=10)
-    assert response.status_code == 204, response.text
+def listing(server: Server, scope: str, scope_id: str, prefix: str) -> list[dict]:
+    with MemoryClient(server.url) as memory:
+        return memory.list(scope, scope_id, prefix)
 
 
 def seed(db_url: str, scope: str, scope_id: str, keys: list[str]) -> None:
@@ -191,15 +181,14 @@ def busy_writer(server: Server, keys: list[str], **scope: str) -> Iterator[Calla
     stopping, written = threading.Event(), []
 
     def write() -> None:
-        with requests.Session() as session:
+        with MemoryClient(server.url) as memory:
             while not stopping.is_set():
                 n = len(written)
                 key = keys[n * 7919 % len(keys)]
                 if n % 10 == 9:
-                    delete(server, key, **scope)
+                    memory.delete(key, **scope)
                 else:
-                    put(server.url, key, n, session=session,
-                        **(scope if n % 5 else {**scope, "scope_id": "elsewhere"}))
+                    memory.set(key, n, **(scope if n % 5 else {**scope, "scope_id": "elsewhere"}))
                 written.append(key)
 
     def stop() -> None:

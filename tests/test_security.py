@@ -3,7 +3,8 @@
 In process (the Flask test client, whose own origin is ``http://localhost``): the API key on
 every route, CORS, and the origin check on every route. On a real server only what needs one:
 WebSocket upgrades that are accepted (they need a socket), origins on a real WebSocket
-handshake, and gunicorn's access log never holding the key.
+handshake and on a cross-site form, with the default settings and with origins listed, and
+gunicorn's access log never holding the key.
 """
 from __future__ import annotations
 
@@ -19,10 +20,12 @@ import websocket
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
+from app.wire import API_PREFIX as API
+
+from .api import history_events, history_ids
 from .conftest import Server, wait_until
 from .test_memory_api import ERROR_FIELDS, everything
 
-API = "/api/v1"
 KEY = "mk-4f1c9e2b7d0a4c55b2e8"
 ALLOWED = "https://app.example"
 OTHER = "https://elsewhere.example"
@@ -113,14 +116,17 @@ def ws_answer(url: str, headers: dict[str, str] | None = None,
               params: dict | None = None) -> Answer:
     """Try a WebSocket upgrade with a real client: 101 when accepted, else the refusal.
 
-    Without an ``Origin`` header the client sends the service's own origin, as a page would.
+    Without an ``Origin`` header the client sends the service's own origin, as a page would;
+    ``"Origin": None`` sends none at all.
     """
     extra = dict(headers or {})
+    no_origin = "Origin" in extra and extra["Origin"] is None
     origin = extra.pop("Origin", None)
     target = url.replace("http://", "ws://", 1) + "?" + urlencode(params or {})
     try:
         connection = websocket.create_connection(
-            target, header=[f"{k}: {v}" for k, v in extra.items()], origin=origin, timeout=10)
+            target, header=[f"{k}: {v}" for k, v in extra.items()], origin=origin,
+            suppress_origin=no_origin, timeout=10)
     except websocket.WebSocketBadStatusException as exc:
         return Answer(exc.status_code, {k.lower(): v for k, v in (exc.resp_headers or {}).items()},
                       exc.resp_body or b"")
@@ -178,6 +184,17 @@ def guarded_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]
     """The same settings under gunicorn, for real WebSocket handshakes."""
     yield from serving(tmp_path_factory, {"MEMORY_API_KEY": KEY,
                                           "MEMORY_CORS_ORIGINS": CORS_ORIGINS})
+
+
+@pytest.fixture(scope="module")
+def open_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The defaults under gunicorn: no key, no origins listed."""
+    yield from serving(tmp_path_factory, {})
+
+
+def subscribers(server: Server) -> float:
+    return sum(server.metric("memory_events_subscribers", transport=transport)
+               for transport in ("sse", "ws"))
 
 
 KEY_HEADERS = {"X-API-Key": {"X-API-Key": KEY}, "Bearer": {"Authorization": f"Bearer {KEY}"},
@@ -366,6 +383,22 @@ def test_an_unlisted_origin_is_refused_without_cors_headers(guarded, origin):
     rejected = Answer.of(preflight(guarded, f"{API}/memory/set", origin, "POST"))
     refused(rejected, 403, "origin_not_allowed")
     assert not cors_headers(rejected.headers)
+
+
+@pytest.mark.parametrize("name", ["ws", "form-like post"])
+def test_by_default_a_real_server_lets_in_only_its_own_pages(open_server, name):
+    """No origins listed: a page elsewhere can neither open the stream's WebSocket nor write
+    with a form; the service's own pages (its ``http://127.0.0.1:PORT``) and clients that send
+    no ``Origin`` can."""
+    server, route = open_server, EVERY_ROUTE[name]
+    before = (history_ids(server.url), subscribers(server))
+    refused(call(server, name, headers={"Origin": OTHER}), 403, "origin_not_allowed")
+    assert (history_ids(server.url), subscribers(server)) == before, "the refusal changed state"
+    for origin in (server.url, None):
+        assert call(server, name, headers={"Origin": origin}).status == route.works, origin
+    if not route.websocket:
+        assert [event["key"] for event in history_events(server.url)[-2:]] == \
+            [route.body["key"]] * 2  # type: ignore[index]
 
 
 def test_websocket_origins(guarded_server):

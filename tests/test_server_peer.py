@@ -17,7 +17,20 @@ from app.server.direct import DirectWriter
 from app.server.peer import GeventPeer
 
 from .conftest import ROOT
-from .test_overflow import dechunk
+
+
+def dechunk(body: bytes) -> list[bytes]:
+    """The chunks of an HTTP chunked body, each as it was framed: what these tests check."""
+    parts = []
+    while body:
+        size_line, rest = body.split(b"\r\n", 1)
+        size = int(size_line, 16)
+        if size == 0:
+            break
+        parts.append(rest[:size])
+        assert rest[size:size + 2] == b"\r\n", "broken chunked framing"
+        body = rest[size + 2:]
+    return parts
 
 
 class StandInResponse:

@@ -6,31 +6,27 @@ then, so stopping within the deadline proves the streams were ended, not waited 
 """
 from __future__ import annotations
 
-import json
 import os
-import re
 import signal
 import threading
 import time
-from pathlib import Path
 
 import requests
 
-from .api import put
+from app.client.sse import SseFrame, SseParser
+
+from .api import SSE, SSEClient, put
 from .conftest import Server, wait_until
-from .sse import SSEClient
 from .test_ws import subscribe, until_end
 
-SSE = "/api/v1/memory/events/sse"
 GRACEFUL_TIMEOUT = 30
 DEADLINE = 10
 ENV = {"MEMORY_HEARTBEAT_SECONDS": "0.5", "GUNICORN_CMD_ARGS":
        f"--graceful-timeout {GRACEFUL_TIMEOUT} --keep-alive {GRACEFUL_TIMEOUT}"}
-FINAL_FRAME = re.compile(rb"event: shutdown\ndata: (\{.*\})\n\n\Z")
 
 
 class WholeBody:
-    """An SSE response read to its very end in a thread.
+    """An SSE response read to its very end in a thread, its frames parsed as they arrive.
 
     ``error`` is set when the body broke off without HTTP's final chunk, which is what a client
     sees when the server process dies instead of ending the stream.
@@ -41,7 +37,8 @@ class WholeBody:
         self.response = requests.get(server.url + SSE, params=self.params, stream=True,
                                      timeout=3 * DEADLINE)
         assert self.response.status_code == 200, self.response.text
-        self.body = b""
+        self.parser = SseParser()
+        self.frames: list[SseFrame] = []
         self.error: Exception | None = None
         self.ended = threading.Event()
         threading.Thread(target=self._read, daemon=True).start()
@@ -49,14 +46,17 @@ class WholeBody:
     def _read(self) -> None:
         try:
             for chunk in self.response.iter_content(chunk_size=None):
-                self.body += chunk
+                self.frames += self.parser.feed(chunk)
         except requests.RequestException as exc:
             self.error = exc
         finally:
             self.ended.set()
 
-    def has(self, text: bytes) -> bool:
-        return text in self.body
+    def opened(self) -> bool:
+        return any(frame.comments == ("connected",) for frame in self.frames)
+
+    def got(self, event_id: int) -> bool:
+        return any(frame.id == str(event_id) for frame in self.frames)
 
     def final_last_id(self, deadline: float) -> int:
         """The ``last_id`` of the ``shutdown`` frame, which must close a cleanly ended body.
@@ -66,17 +66,10 @@ class WholeBody:
         """
         assert self.ended.wait(max(0.0, deadline - time.monotonic())), "the stream did not end"
         assert self.error is None, f"the stream broke off instead of ending: {self.error}"
-        final = FINAL_FRAME.search(self.body)
-        assert final, f"no final shutdown frame; the body ends with {self.body[-200:]!r}"
-        return int(json.loads(final.group(1))["last_id"])
-
-
-def workers(server: Server) -> list[int]:
-    """The pids of gunicorn's workers: its master's children."""
-    assert server.process is not None
-    pid = server.process.pid
-    return [int(child) for child in
-            Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        assert self.parser.feed(b"\n") == [], "the body ends inside a frame"
+        final = self.frames[-1]
+        assert final.event == "shutdown", f"the body ends with {final}, not a shutdown frame"
+        return int(final.json["last_id"])
 
 
 def resumed_keys(server: Server, stream: WholeBody, last_id: int, count: int) -> list[str]:
@@ -95,8 +88,8 @@ def test_sigterm_ends_every_stream_at_once_and_clients_resume_after_a_restart(se
     idle = WholeBody(server, {"patterns": "down.*,restarted.*"})
     put(server.url, "live.4", 4)
     for stream in (live, replaying):
-        wait_until(lambda: stream.has(b"id: 4\n"), message="event 4 on every stream")
-    wait_until(lambda: idle.has(b": connected"), message="the idle stream to open")
+        wait_until(lambda: stream.got(4), message="event 4 on every stream")
+    wait_until(idle.opened, message="the idle stream to open")
 
     server.send(signal.SIGTERM)
     deadline = time.monotonic() + DEADLINE
@@ -125,8 +118,8 @@ def test_a_stopped_worker_ends_its_streams_counts_them_and_its_successor_takes_o
     streams = [WholeBody(server), WholeBody(server)]
     ws = subscribe(server, protocol=True)
     for stream in streams:
-        wait_until(lambda: stream.has(b": connected"), message="every SSE stream to open")
-    [stopped] = workers(server)
+        wait_until(stream.opened, message="every SSE stream to open")
+    [stopped] = server.children()
 
     os.kill(stopped, signal.SIGTERM)
     deadline = time.monotonic() + DEADLINE
@@ -136,13 +129,13 @@ def test_a_stopped_worker_ends_its_streams_counts_them_and_its_successor_takes_o
     assert [stream.final_last_id(deadline) for stream in streams] == [1, 1]
     assert until_end(ws, "shutdown") == ([], "1")
     ws.drop()
-    wait_until(lambda: stopped not in workers(server), timeout=deadline - time.monotonic(),
+    wait_until(lambda: stopped not in server.children(), timeout=deadline - time.monotonic(),
                message="the stopped worker to exit")
 
     put(server.url, "after", 2)
     assert resumed_keys(server, streams[0], 1, 1) == ["after"]
     # The late stream either ended on the stopping worker or is live on its successor.
-    wait_until(lambda: late.ended.is_set() or late.has(b"id: 2\n"),
+    wait_until(lambda: late.ended.is_set() or late.got(2),
                message="the late stream to end or to get the next event")
     stopped_served_late = late.ended.is_set()
     if stopped_served_late:

@@ -9,16 +9,15 @@ import time
 import pytest
 import requests
 
-from .api import put
-from .conftest import ROOT, Server, free_port, wait_until
-from .sse import SSEClient
+from .api import SSE, SSEClient, put
+from .conftest import ROOT, Server, free_port, scrape, wait_until
 from .test_ws import AT_ONCE, SLOW_PINGS, seconds_until
 
-SSE = "/api/v1/memory/events/sse"
 
-
-def sse_subscribers(server: Server) -> float:
-    return server.metric("memory_events_subscribers", transport="sse")
+def sse_subscribers(server: Server | str) -> float:
+    """The gauge of open SSE streams of a server, or of the service at a URL."""
+    url = server if isinstance(server, str) else server.url
+    return scrape(url, "memory_events_subscribers", transport="sse")
 
 
 @pytest.mark.parametrize("worker_class", ["gevent", "gthread"])
@@ -40,21 +39,21 @@ def test_filtered_stream_opens_at_once_and_delivers_only_matches(server_factory,
         assert event.id == event.json["id"]
 
 
-def test_invalid_pattern_is_refused_before_any_stream(server):
-    response = requests.get(server.url + SSE, params={"patterns": "[invalid"}, timeout=5)
+def test_invalid_pattern_is_refused_before_any_stream(client):
+    response = client.get(SSE, query_string={"patterns": "[invalid"}, buffered=False)
     assert response.status_code == 400
-    body = response.json()
+    body = response.json
     assert body["error"] == "invalid_pattern" and body["code"] == 400
     assert "[invalid" in body["message"]
 
 
 def seconds_to_let_a_closed_client_go(server: Server) -> float:
-    """Open a stream, close it, and time how long until the server lets it go."""
+    """Open a stream, close it, and time how long from the close until the server lets it
+    go."""
     stream = SSEClient(server.url + SSE, params={"patterns": "none.*"})
     assert stream.next(timeout=2).comments == ("connected",)
     assert sse_subscribers(server) == 1
-    stream.close()
-    seconds = seconds_until(lambda: sse_subscribers(server) == 0,
+    seconds = seconds_until(lambda: sse_subscribers(server) == 0, after=stream.close,
                             message="the subscriber gauge to drop to zero")
     assert server.metric("memory_events_disconnects_total", reason="client") == 1
     return seconds
@@ -63,7 +62,8 @@ def seconds_to_let_a_closed_client_go(server: Server) -> float:
 def test_a_client_that_closes_is_let_go_at_once_under_gevent(server_factory):
     """No keepalive is due for far longer than the bound: the worker sees the close itself."""
     server = server_factory(env=SLOW_PINGS)
-    assert seconds_to_let_a_closed_client_go(server) < AT_ONCE
+    seconds = seconds_to_let_a_closed_client_go(server)
+    assert seconds < AT_ONCE, f"let go {seconds:.3f}s after the close"
 
 
 def test_a_client_that_closes_is_let_go_at_the_next_keepalive_under_gthread(server_factory):
@@ -109,8 +109,9 @@ def test_werkzeug_dev_server_streams_and_cleans_up(tmp_path):
             put(url, "skip.this", 1)
             put(url, "match.foo", 2)
             assert stream.events(1)[0]["key"] == "match.foo"
-            assert _gauge(url) == 1
-        wait_until(lambda: _gauge(url) == 0, timeout=5, message="cleanup after disconnect")
+            assert sse_subscribers(url) == 1
+        wait_until(lambda: sse_subscribers(url) == 0, timeout=5,
+                   message="cleanup after disconnect")
     finally:
         process.terminate()
         process.wait(10)
@@ -121,10 +122,3 @@ def _answers(url: str) -> bool:
         return requests.get(url + "/healthz", timeout=2).status_code == 200
     except requests.RequestException:
         return False
-
-
-def _gauge(url: str) -> float:
-    for line in requests.get(url + "/metrics", timeout=5).text.splitlines():
-        if line.startswith('memory_events_subscribers{transport="sse"} '):
-            return float(line.split()[-1])
-    return 0.0

@@ -59,11 +59,10 @@ class Follower:
         """Something was logged that this process has not seen: read the log now."""
         self._wake.set()
 
-    def committed(self, events: list[Event] | None) -> None:
-        """A commit of this process logged ``events`` (``None``: not all of them are known).
-        They are published at once, by the writer, when they follow what was published last;
-        otherwise the log is read."""
-        if events is None or not self.broker.publish_next(events):
+    def committed(self, events: list[Event]) -> None:
+        """A commit of this process logged ``events``. They are published at once, by the
+        writer, when they follow what was published last; otherwise the log is read."""
+        if not self.broker.publish_next(events):
             self.wake()
 
     def stop(self) -> None:

@@ -114,14 +114,11 @@ class Stream:
         try:
             yield frame(Opened())
             reset = None
-            # With a snapshot, resuming from 0 (before every event) means having nothing yet.
-            resuming = self.last_event_id is not None and not (self.snapshot
-                                                               and self.last_event_id == 0)
-            if resuming:
+            if self.last_event_id is not None:
                 reset = yield from self._replay(subscriber, frame)
                 if reset is not None and not self.snapshot:
                     yield frame(reset)
-            if self.snapshot and (not resuming or reset is not None):
+            if self.snapshot and (self.last_event_id is None or reset is not None):
                 yield from self._snapshot(subscriber, frame)
             # Live, in this frame rather than a generator of its own: an idle stream keeps its
             # whole stack while it waits, and each level costs memory.
@@ -200,7 +197,8 @@ class Stream:
         records when the values are large. A record whose version is newer than N changed
         after N, so it is left out: the live events after N, which the stream sends next,
         carry its change. A stream that ends before the snapshot is whole tells the client
-        to resume from where it stood before (0: it had nothing), which brings a new one.
+        to resume from where it stood before, or from 0, the start of the log, when it had
+        nothing: the log brings it up to date, or, where it was trimmed, a new snapshot.
         """
         position = self.store.head_id()
         held = subscriber.sent_id if subscriber.sent_id is not None else self.last_event_id

@@ -18,7 +18,7 @@ PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
 
 
 class GeventPeer:
-    __slots__ = ("_sock", "_response", "_environ")
+    __slots__ = ("_sock", "_response", "_environ", "_watcher")
 
     def __init__(self, sock: Any, response: Any, environ: dict) -> None:
         self._sock = sock
@@ -44,22 +44,20 @@ class GeventPeer:
         if not self._plain:
             return _nothing
         import gevent
-        raw = getattr(self._sock, "_sock", self._sock)
-        watcher = gevent.get_hub().loop.io(self._sock.fileno(), 1)
-
-        def readable() -> None:
-            try:
-                data = raw.recv(1, PEEK)
-            except BlockingIOError:
-                return
-            except OSError:
-                data = b""
-            watcher.stop()  # gone, or it sent something and its close can no longer be seen
-            if not data:
-                closed()
-
-        watcher.start(readable)
+        self._watcher = watcher = gevent.get_hub().loop.io(self._sock.fileno(), 1)
+        watcher.start(self._readable, closed)  # a bound method: an idle stream holds no closure
         return watcher.close
+
+    def _readable(self, closed: Callable[[], None]) -> None:
+        try:
+            data = getattr(self._sock, "_sock", self._sock).recv(1, PEEK)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        self._watcher.stop()  # gone, or it sent something and its close can no longer be seen
+        if not data:
+            closed()
 
 
 def _nothing() -> None:
