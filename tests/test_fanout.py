@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import itertools
+import statistics
+import time
 
 from .api import SSE, SSEClient, history_ids, put
+from .conftest import every_store
 
 
 def test_two_servers_on_one_database_see_each_others_writes_in_log_order(server_factory):
@@ -33,3 +36,22 @@ def test_every_subscriber_of_a_two_worker_server_gets_every_change(server_factor
     finally:
         for stream in streams:
             stream.close()
+
+
+@every_store
+def test_a_change_reaches_another_process_at_once_not_at_its_next_look(server_factory):
+    """Without its wake-up (the doorbell's datagram, or ``NOTIFY``) the other process finds a
+    change only when it next looks, up to half a second later. It is woken only while it has
+    subscribers, so its first stream is what makes it heard."""
+    quiet = {"MEMORY_POLL_SECONDS": "3600"}
+    writing, other = server_factory(env=quiet), server_factory(env=quiet)
+    put(writing.url, "nobody.listens", 0)
+    with SSEClient(other.url + SSE) as stream:
+        stream.next()
+        delays = []
+        for n in range(10):
+            sent = time.time()
+            event = put(writing.url, f"k.{n}", n)
+            stream.events(1)
+            delays.append(stream.arrived[event["version"]] - sent)
+    assert statistics.median(delays) < 0.1, delays

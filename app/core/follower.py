@@ -23,6 +23,8 @@ from .filters import LogFilter
 log = logging.getLogger(__name__)
 
 TRIM_EVERY_SECONDS = 60.0  # or a quarter of the retention, when that is shorter
+#: how long a process goes without subscribers before other processes stop waking it
+QUIET_SECONDS = 5.0
 
 
 class Follower:
@@ -39,6 +41,8 @@ class Follower:
         self._start_lock = threading.Lock()
         self._next_trim = 0.0
         self._stopped = False
+        self._audible = False  # the store was asked to wake this process for others' commits
+        self._quiet_since: float | None = None
 
     def ensure_running(self) -> None:
         """Start the follower in this process if it is not running here yet.
@@ -58,6 +62,15 @@ class Follower:
     def wake(self) -> None:
         """Something was logged that this process has not seen: read the log now."""
         self._wake.set()
+
+    def listen(self) -> None:
+        """A stream is about to open where none is: other processes' commits wake this one
+        again, and the broker starts from the log's head, which nobody followed meanwhile."""
+        self._quiet_since = None
+        if not self._audible:
+            self.store.audible(True)
+            self._audible = True
+        self.broker.skip_to(self.store.head_id())
 
     def committed(self, events: list[Event]) -> None:
         """A commit of this process logged ``events``. They are published at once, by the
@@ -84,6 +97,7 @@ class Follower:
                     self._expired(expired)
                     self._catch_up()
                 self._maybe_trim()
+                self._quieten()
             except StoreUnavailable as exc:
                 log.warning("event log unavailable, retrying: %s", exc.detail)
                 self._retry_soon()
@@ -101,6 +115,17 @@ class Follower:
             return  # nobody listens in this process: the first stream moves the head
         for events in self.store.read_log(LogFilter(), self.broker.head_id):
             self.broker.publish(events)
+
+    def _quieten(self) -> None:
+        """Once nobody has listened here for ``QUIET_SECONDS``, other processes' commits stop
+        waking this one: on a shared core, each such wake-up costs the writer."""
+        if len(self.broker):
+            self._quiet_since = None
+        elif self._quiet_since is None:
+            self._quiet_since = time.monotonic()
+        elif self._audible and time.monotonic() - self._quiet_since >= QUIET_SECONDS:
+            self.store.audible(False)
+            self._audible = False
 
     def _maybe_trim(self) -> None:
         now = time.time()

@@ -144,8 +144,8 @@ class Service:
         """A stream, checked before it starts: a store that is down or a full server is an
         error here, not a stream that ends at once."""
         self.follower.ensure_running()
-        if not len(self.broker):  # the follower reads nothing while nobody listens
-            self.broker.skip_to(self.store.head_id())
+        if not len(self.broker):
+            self.follower.listen()
         if len(self.broker) >= self.settings.max_streams:
             raise Unavailable("too_many_streams", "This server holds as many streams as it may; "
                                                   "retry shortly.", retry_after=5)

@@ -126,4 +126,8 @@ class Store(Protocol):
         """Call ``wake`` when another process may have written, and ``committed`` right after
         each commit of this process that logged events, with them in id order."""
 
+    def audible(self, on: bool) -> None:
+        """Whether this process wants ``watch``'s ``wake`` for other processes' commits now
+        (it has subscribers); the follower's poll finds them either way."""
+
     def close(self) -> None: ...

@@ -165,6 +165,10 @@ class SqlStore(ABC):
         process that logged events."""
         self._committed = committed
 
+    def audible(self, on: bool) -> None:
+        """Whether other processes' commits should wake this one now; a store that cannot
+        choose wakes it either way."""
+
     @contextmanager
     def _logging(self, expiring: bool = False) -> Iterator[Any]:
         """A write transaction whose logged events are handed to ``committed`` once it has

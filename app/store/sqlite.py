@@ -199,6 +199,14 @@ class SqliteStore(SqlStore):
             log.warning("no doorbell at %s (%s); polling every %ss",
                         self._doorbell.directory, exc, self.poll_seconds)
 
+    def audible(self, on: bool) -> None:
+        if self._doorbell is None:
+            return
+        try:
+            self._doorbell.audible(on)
+        except OSError:  # the poll still finds other processes' writes, only later
+            log.warning("could not rename this process's doorbell", exc_info=True)
+
     def close(self) -> None:
         with self._writing:
             if self._write_conn is not None:
