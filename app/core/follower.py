@@ -12,7 +12,7 @@ import logging
 import os
 import threading
 import time
-from typing import Callable
+from typing import Any, Callable
 
 from ..store import Store, StoreUnavailable
 from .broker import Broker
@@ -29,8 +29,10 @@ QUIET_SECONDS = 5.0
 
 class Follower:
     def __init__(self, store: Store, broker: Broker, poll_seconds: float,
-                 retention_seconds: float, expired: Callable[[int], None]) -> None:
+                 retention_seconds: float, expired: Callable[[int], None],
+                 offload: Callable[..., Any]) -> None:
         self.store = store
+        self._offload = offload  # runs file work off the event loop
         self.broker = broker
         self.poll_seconds = poll_seconds
         self.retention_seconds = retention_seconds
@@ -97,6 +99,8 @@ class Follower:
                     self._expired(expired)
                     self._catch_up()
                 self._maybe_trim()
+                if self.store.checkpoint_due():
+                    self._offload(self.store.checkpoint)
                 self._quieten()
             except StoreUnavailable as exc:
                 log.warning("event log unavailable, retrying: %s", exc.detail)

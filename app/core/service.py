@@ -79,7 +79,8 @@ class Service:
                 if self._follower is None:
                     self._follower = Follower(
                         store, self.broker, self.settings.poll_seconds or store.poll_seconds,
-                        self.settings.retention_hours * 3600.0, self.metrics.published.inc)
+                        self.settings.retention_hours * 3600.0, self.metrics.published.inc,
+                        lambda function, *args: self.offload(function, *args))
         return self._follower
 
     # -- memory ------------------------------------------------------------------------------

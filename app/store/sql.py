@@ -169,6 +169,13 @@ class SqlStore(ABC):
         """Whether other processes' commits should wake this one now; a store that cannot
         choose wakes it either way."""
 
+    def checkpoint_due(self) -> bool:
+        """Whether ``checkpoint`` has work to do (never, where the database does it itself)."""
+        return False
+
+    def checkpoint(self) -> None:
+        """Housekeeping of the database's files that the writes leave to the follower."""
+
     @contextmanager
     def _logging(self, expiring: bool = False) -> Iterator[Any]:
         """A write transaction whose logged events are handed to ``committed`` once it has

@@ -23,6 +23,11 @@ MEMORY = ":memory:"
 LOCK_SECONDS = 10.0
 #: the first and the longest pause between two tries of the write lock
 LOCK_PAUSE = (0.0002, 0.002)
+#: commits after which the follower moves the write-ahead log into the database, off the loop
+CHECKPOINT_COMMITS = 200
+#: pages the writing connection lets the log grow to before it does so itself, should those
+#: checkpoints fall behind (SQLite's own default, 1,000, would put one in every 125th write)
+AUTOCHECKPOINT_PAGES = 20_000
 #: the file beside the database whose lock lets one process at a time remove expired records
 EXPIRY_GATE = "-expiry"
 
@@ -53,6 +58,8 @@ class SqliteStore(SqlStore):
         self._doorbell = None if self._in_memory else Doorbell(path)
         self._writing = threading.Lock()
         self._write_conn: sqlite3.Connection | None = None
+        self._commits = 0  # since the last checkpoint
+        self._checkpointer: sqlite3.Connection | None = None
         with self._write() as cur:
             self._create_schema(cur)
         if not self._in_memory:
@@ -114,6 +121,7 @@ class SqliteStore(SqlStore):
             if self._write_conn is None:
                 try:
                     self._write_conn = self._connect(timeout=0)
+                    self._write_conn.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_PAGES}")
                 except sqlite3.Error as exc:
                     raise StoreUnavailable(str(exc)) from exc
             yield self._write_conn
@@ -158,6 +166,7 @@ class SqliteStore(SqlStore):
                     raise
                 finally:
                     cur.close()
+            self._commits += 1
         if self._doorbell is not None:
             try:
                 self._doorbell.ring()
@@ -199,6 +208,18 @@ class SqliteStore(SqlStore):
             log.warning("no doorbell at %s (%s); polling every %ss",
                         self._doorbell.directory, exc, self.poll_seconds)
 
+    def checkpoint_due(self) -> bool:
+        return not self._in_memory and self._commits >= CHECKPOINT_COMMITS
+
+    def checkpoint(self) -> None:
+        """A passive checkpoint, which waits for no reader or writer. It writes and syncs the
+        database file, which would stall the commit that happened to trigger it: the follower
+        runs it off the event loop instead."""
+        self._commits = 0
+        if self._checkpointer is None:  # its own: the pool's locks belong to the event loop
+            self._checkpointer = self._open()
+        self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
     def audible(self, on: bool) -> None:
         if self._doorbell is None:
             return
@@ -214,3 +235,6 @@ class SqliteStore(SqlStore):
                 self._write_conn = None
         for conn in self._pool.drain():
             conn.close()
+        if self._checkpointer is not None:
+            self._checkpointer.close()
+            self._checkpointer = None
