@@ -7,10 +7,12 @@ import signal
 import sys
 from pathlib import Path
 
+from . import lineup
+from .holders import layout
 from .lineup import OURS_DIR, SERVERS
 from .procs import ROOT, pin, raise_file_limit
-from .report import (loadavg, machine, now_text, render_table, render_targets, rows,
-                     table_values, targets, write_json)
+from .report import (HUGE_WINDOW_TEXT, huge_notes, loadavg, machine, now_text, render_table,
+                     render_targets, rows, table_values, targets, write_json)
 from .suite import WORKLOADS, Plan, run_server
 from .plot import plot
 
@@ -41,7 +43,13 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--many-streams", type=int, default=10_000,
                    help="streams held by one worker in the hold10k workload (%(default)s)")
     p.add_argument("--huge-streams", type=int, default=100_000,
-                   help="streams held over 2 workers in the hold100k workload (%(default)s)")
+                   help="streams held over the workers of ours-100k in the hold100k workload "
+                        "(%(default)s)")
+    p.add_argument("--huge-per-process", type=int, default=None,
+                   help="connections per ours-100k worker and per client process (default: "
+                        "17,000, or 85%% of the hard file limit if lower)")
+    p.add_argument("--huge-workers", type=int, default=None,
+                   help="workers of ours-100k (default: enough for the streams)")
     p.add_argument("--repeat", type=int, default=1,
                    help="rounds over all servers; the table shows medians (%(default)s)")
     p.add_argument("--quick", action="store_true",
@@ -86,7 +94,15 @@ def main(argv: list[str]) -> int:
                     writes=((1, 200), (8, 400)), server_cpus=plan.server_cpus)
     if not args.no_pin:
         pin({args.client_cpu})
-    raise_file_limit(wanted=250_000)  # the 100,000-stream workload's client holds them all
+    raise_file_limit()  # what the holders of the 100,000-stream workload inherit
+    lineup.HUGE[0] = layout(args.huge_streams, plan.opens, args.huge_per_process,
+                            args.huge_workers)
+    if "hold100k" in plan.workloads and "ours-100k" in servers:
+        size = lineup.HUGE[0]
+        print(f"hold100k: {size.streams:,} streams over {size.workers} workers of "
+              f"{size.per_process:,} connections, from {size.clients} client processes "
+              f"({size.file_limit_hard:,} open files per process at most)"
+              + (f"; limited: {size.limited_by}" if size.limited_by else ""), file=sys.stderr)
     logs = RESULTS / "logs"
     logs.mkdir(parents=True, exist_ok=True)
 
@@ -99,25 +115,32 @@ def main(argv: list[str]) -> int:
             rounds[name].append(run_server(SERVERS[name], plan, logs))
     load_after = loadavg()
 
-    table = rows(plan.subscribers, plan.idle_streams, plan.many_streams)
+    huge = lineup.HUGE[0] if "ours-100k" in rounds else None
+    HUGE_WINDOW_TEXT[0] = f"{plan.keepalive_seconds:g} s"
+    table = rows(plan.subscribers, plan.idle_streams, plan.many_streams, huge)
     values = table_values(rounds, table)
-    checks = targets(rounds, plan.idle_streams, plan.many_streams)
+    checks = targets(rounds, plan.idle_streams, plan.many_streams, plan.huge_streams)
     meta = {"started": started, "load_before": load_before, "load_after": load_after,
             "client_cpu": None if args.no_pin else args.client_cpu,
             "server_cpus": sorted(plan.server_cpus) if plan.server_cpus else None,
-            "ours": str(OURS_DIR[0]), "plan": plan.__dict__, "machine": machine()}
+            "ours": str(OURS_DIR[0]), "plan": plan.__dict__, "machine": machine(),
+            "huge_layout": huge.summary() if huge else None}
     write_json(args.json, {"meta": meta, "table": values, "targets": checks, "rounds": rounds})
     labels = {name: SERVERS[name].label for name in servers}
-    plot(rounds, labels, plan.subscribers, args.plot,
-         f"{started} · {meta['machine']['cpu']} · {meta['machine']['cores']} cores · loopback")
+    plotted = plot(rounds, labels, plan.subscribers, args.plot,
+                   f"{started} · {meta['machine']['cpu']} · {meta['machine']['cores']} cores · loopback")
 
     print(f"\n{started} · {meta['machine']['cpu']}, {meta['machine']['cores']} cores · "
           f"load {load_before:.2f} → {load_after:.2f} · medians of {args.repeat} round(s)\n")
     print(render_table(values, table, list(servers)))
     if checks:
-        print("\nTargets (this service, 1 worker):")
+        print("\nTargets:")
         print(render_targets(checks))
-    print(f"\nwrote {args.json} and {args.plot}")
+    if rounds.get("ours-100k"):
+        notes = huge_notes(rounds["ours-100k"])
+        if notes:
+            print("\nhold100k:\n" + notes)
+    print(f"\nwrote {args.json}" + (f" and {args.plot}" if plotted else " (nothing to plot)"))
     return 0
 
 

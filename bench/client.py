@@ -19,6 +19,7 @@ RECV_BYTES = 262144
 URGENT_EVERY = 64
 IN, OUT, HUP = select.EPOLLIN, select.EPOLLOUT, select.EPOLLHUP | select.EPOLLERR
 now = time.monotonic
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)  # Linux's number
 
 
 class Loop:
@@ -31,7 +32,9 @@ class Loop:
 
     def __init__(self, sources: tuple[str, ...] = ()) -> None:
         """``sources``: loopback addresses to connect from in turn, for more connections than
-        one address has ports (about 28,000 with Linux's default ``ip_local_port_range``)."""
+        one address has ports (about 28,000 with Linux's default ``ip_local_port_range``).
+        The port is chosen at ``connect`` (``IP_BIND_ADDRESS_NO_PORT``), so one that another
+        server port still has in ``TIME_WAIT`` serves again."""
         self._sources = itertools.cycle(sources) if sources else None
         self.epoll = select.epoll()
         self.urgent = select.epoll()
@@ -105,6 +108,7 @@ class Connection:
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         source = self.loop.source()
         if source is not None:
+            self.sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
             self.sock.bind((source, 0))
         self.outgoing = b""
         self.up = False
@@ -296,3 +300,16 @@ def _content_length(head: bytes) -> int:
         if line.startswith(b"content-length:"):
             return int(line[15:])
     return 0
+
+
+def every(seconds: float, check: Callable[[], bool]) -> Callable[[], bool]:
+    """``check`` run at most once per ``seconds``: scanning 10,000 streams per event costs."""
+    due = [0.0]
+
+    def throttled() -> bool:
+        t = now()
+        if t < due[0]:
+            return False
+        due[0] = t + seconds
+        return check()
+    return throttled

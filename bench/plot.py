@@ -16,9 +16,10 @@ def _measured(wanted: list[tuple[int, str]], results: list[dict]) -> list[tuple[
 
 
 def plot(rounds: dict[str, list[dict]], labels: dict[str, str], subscribers: tuple[int, ...],
-         path: Path, title: str) -> None:
+         path: Path, title: str) -> bool:
     """Left: time until every subscriber has a change (1 subscriber: the latency workload),
-    p50 solid and p99 dashed. Right: deliveries per second in the fan-out workload."""
+    p50 solid and p99 dashed. Right: deliveries per second in the fan-out workload. Nothing
+    to draw (a run of ``hold100k`` alone): no file written, ``False``."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -37,6 +38,9 @@ def plot(rounds: dict[str, list[dict]], labels: dict[str, str], subscribers: tup
         if rate:
             line, = right.plot(*zip(*rate), "-", color=color, marker=marker)
             handles[name] = line
+    if not handles:
+        plt.close(fig)
+        return False
     left.set(xscale="log", yscale="log", xlabel="subscribers",
              ylabel="ms until every subscriber has the change",
              title="latency (1) and fan-out completion: p50 solid, p99 dashed")
@@ -51,3 +55,4 @@ def plot(rounds: dict[str, list[dict]], labels: dict[str, str], subscribers: tup
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return True

@@ -19,18 +19,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def raise_file_limit(wanted: int = 0) -> int:
-    """Soft limit up to the hard one, or to ``wanted`` where allowed (as root); children
-    inherit it. Returns the new soft limit."""
+def raise_file_limit() -> int:
+    """The soft limit on open files up to the hard one (children inherit it); the new soft
+    limit. The hard one is the ceiling: raising it takes ``CAP_SYS_RESOURCE`` (root), or a
+    higher ``ulimit -Hn`` / ``LimitNOFILE`` where the bench is started."""
     import resource
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    limit = max(hard, wanted)
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
-    except (ValueError, OSError):
-        limit = hard
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return limit
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:  # no hard limit: the kernel's ceiling, fs.nr_open
+        with open("/proc/sys/fs/nr_open") as f:
+            hard = int(f.read())
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, resource.getrlimit(
+                resource.RLIMIT_NOFILE)[1]))
+        except (ValueError, OSError):
+            return soft
+    return hard
 
 
 def pin(cpus: set[int] | None) -> None:
@@ -108,6 +112,54 @@ def _proc_sum(pids: Sequence[int], name: str, read: Callable[[str], int]) -> int
 def rss_kb(pids: Sequence[int]) -> int:
     """Resident memory of ``pids`` summed, in KiB."""
     return _proc_sum(pids, "statm", lambda text: int(text.split()[1]) * PAGE_KB)
+
+
+def pss_kb(pids: Sequence[int]) -> int:
+    """Proportional set size of ``pids`` summed, in KiB: pages shared between them (the
+    interpreter a worker inherits from the master) counted once, not once per process."""
+    def pss(text: str) -> int:
+        for line in text.splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+        return 0
+    return _proc_sum(pids, "smaps_rollup", pss)
+
+
+def sockets(pid: int) -> int:
+    """How many sockets ``pid`` has open (0 when it is gone)."""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return 0
+    count = 0
+    for fd in fds:
+        try:
+            count += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+        except OSError:
+            pass
+    return count
+
+
+def kernel_memory() -> dict[str, int]:
+    """The kernel's slab (where socket structures live) in KiB, and ``/proc/net/sockstat``'s
+    TCP line: sockets in use, in ``TIME_WAIT``, and pages of socket buffers."""
+    out: dict[str, int] = {}
+    with open("/proc/meminfo") as f:
+        for line in f:
+            name, value = line.split(":", 1)
+            if name in ("Slab", "SUnreclaim", "MemAvailable"):
+                out[name.lower() + "_kb"] = int(value.split()[0])
+    try:
+        with open("/proc/net/sockstat") as f:
+            for line in f:
+                if line.startswith("TCP:"):
+                    words = line.split()[1:]
+                    fields = dict(zip(words[::2], (int(n) for n in words[1::2])))
+                    out.update({"tcp_inuse": fields.get("inuse", 0), "tcp_tw": fields.get("tw", 0),
+                                "tcp_mem_pages": fields.get("mem", 0)})
+    except OSError:
+        pass
+    return out
 
 
 def _cpu_ticks(stat: str) -> int:

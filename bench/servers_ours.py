@@ -40,6 +40,21 @@ def load() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
+def postgres_cluster() -> PostgresCluster:
+    """A private PostgreSQL cluster (the tests', on a free loopback port), started; the caller
+    destroys it."""
+    if POSTGRES_BIN is None:
+        raise SystemExit("no PostgreSQL server binaries (initdb) found: "
+                         "apt-get install postgresql, or leave PostgreSQL out")
+    cluster = PostgresCluster(POSTGRES_BIN)
+    try:
+        cluster.start()
+    except BaseException:
+        cluster.destroy()
+        raise
+    return cluster
+
+
 class Databases:
     """A fresh, empty database per call: a SQLite file in a temporary directory, or a new
     database on one private PostgreSQL cluster, started on first use."""
@@ -54,13 +69,8 @@ class Databases:
         if store == "sqlite":
             return f"sqlite:///{self.directory}/{uuid.uuid4().hex[:8]}.db"
         if self.cluster is None:
-            if POSTGRES_BIN is None:
-                raise SystemExit("no PostgreSQL server binaries (initdb) found: "
-                                 "apt-get install postgresql, or pass --stores sqlite")
-            cluster = PostgresCluster(POSTGRES_BIN)
-            self.stack.callback(cluster.destroy)
-            cluster.start()
-            self.cluster = cluster
+            self.cluster = postgres_cluster()
+            self.stack.callback(self.cluster.destroy)
         name = f"bench_{uuid.uuid4().hex[:12]}"
         self.cluster.execute(f"CREATE DATABASE {name}")
         return self.cluster.url(name)

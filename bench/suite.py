@@ -1,18 +1,20 @@
 """Which workloads run on which fresh start of a server, in what order."""
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from . import lineup
 from .lineup import Server
-from .workloads import Session, fanout, hold_huge, idle_cost, latency, open_streams, writes
+from .procs import pin
+from .workloads import (Session, crossproc, fanout, hold_huge, idle_cost, latency, open_streams,
+                        writes)
 
-WORKLOADS = ("open", "latency", "fanout", "idle", "writes", "hold10k", "hold100k")
-#: connect from these, for more connections than one address has ports
-SOURCES = tuple(f"127.0.0.{n}" for n in range(1, 9))
+WORKLOADS = ("open", "latency", "fanout", "idle", "writes", "hold10k", "crossproc", "hold100k")
 
 
 @dataclass(frozen=True)
@@ -28,20 +30,26 @@ class Plan:
     many_streams: int = 10_000
     many_streams_servers: tuple[str, ...] = ("ours-1w",)
     huge_streams: int = 100_000
-    keepalive_seconds: float = 25.0  # longer than the huge server's heartbeat
+    #: the keepalive window: longer than the huge server's heartbeat
+    keepalive_seconds: float = lineup.HUGE_HEARTBEAT_SECONDS + 5
     server_cpus: frozenset[int] | None = None
 
 
-def _fresh(server: Server, plan: Plan, logs: Path,
-           body: Callable[[Session], dict], sources: tuple[str, ...] = ()) -> dict:
-    """Start ``server`` anew, run ``body`` on it, stop it whatever happens."""
-    running = server.start(logs, set(plan.server_cpus) if plan.server_cpus else None)
-    session = Session(running, sources)
+def _fresh(server: Server, plan: Plan, logs: Path, body: Callable[[Session], dict]) -> dict:
+    """Start ``server`` anew, run ``body`` on it, stop it whatever happens. A server that is
+    not pinned shares every core with the client, which is then not pinned either."""
+    cpus = set(plan.server_cpus) if plan.server_cpus and server.pinned else None
+    client_cpus = os.sched_getaffinity(0)
+    if cpus is None:
+        pin(set(range(os.cpu_count() or 1)))
+    running = server.start(logs, cpus)
+    session = Session(running)
     try:
         return body(session)
     finally:
         session.close()
         running.stop()
+        pin(client_cpus)
 
 
 def _with_held(plan: Plan, wanted: set[str]) -> Callable[[Session], dict]:
@@ -72,9 +80,9 @@ def run_server(server: Server, plan: Plan, logs: Path) -> dict:
     if server.workloads is not None:
         wanted &= set(server.workloads)
 
-    def step(name: str, body: Callable[[Session], dict], sources: tuple[str, ...] = ()) -> None:
+    def step(name: str, body: Callable[[Session], dict]) -> None:
         started = time.monotonic()
-        results.update(_fresh(server, plan, logs, body, sources))
+        results.update(_fresh(server, plan, logs, body))
         print(f"  {server.name}: {name} ({time.monotonic() - started:.1f} s)", file=sys.stderr,
               flush=True)
 
@@ -94,8 +102,12 @@ def run_server(server: Server, plan: Plan, logs: Path) -> dict:
         step(f"{plan.idle_streams} held: idle cost, fan-out, open", _with_held(plan, wanted))
     if "hold10k" in wanted and server.name in plan.many_streams_servers:
         step(f"{plan.many_streams} held", lambda s: {"many": _many_streams(plan)(s)})
-    if "hold100k" in wanted and server.workloads is not None:
-        step(f"{plan.huge_streams:,} held",
-             lambda s: {"huge": hold_huge(s, plan.huge_streams, plan.opens,
-                                          plan.keepalive_seconds)}, SOURCES)
+    if "crossproc" in wanted and "crossproc" in (server.workloads or ()):
+        step("delivery across processes", lambda s: {"crossproc": crossproc(
+            s, plan.latency_changes * 2, plan.latency_rate)})
+    if "hold100k" in wanted and "hold100k" in (server.workloads or ()):
+        size = lineup.HUGE[0]
+        step(f"{size.streams:,} held over {size.workers} workers from {size.clients} clients",
+             lambda s: {"huge": hold_huge(s, size, plan.opens, plan.keepalive_seconds,
+                                          logs / "holders.log")})
     return results
