@@ -8,7 +8,7 @@ from flask import Flask
 from app.core.filters import EventFilter
 from app.core.records import Author
 from app.core.service import Service
-from app.core.stream import End, Snapshot, SnapshotEnd
+from app.core.stream import Batch, End, Snapshot, SnapshotEnd
 from app.web.context import EXTENSION
 from app.wire import EndReason
 
@@ -58,3 +58,20 @@ def test_a_stream_cut_after_its_snapshot_resumes_from_the_snapshots_position(app
     sent = sum(len(item.records) for item in items if isinstance(item, Snapshot))
     assert sent == RECORDS
     assert items[-1] == End(EndReason.SHUTDOWN, service.store.head_id())
+
+
+def test_a_stream_cut_during_its_replay_resumes_from_the_last_event_it_replayed(app_factory):
+    service = service_with_records(app_factory)
+    service.set("global", "global", "later", "1", Author())  # the head moves past the replay
+    stream = service.stream(EventFilter(), 1, "sse")
+    items = []
+    for item in stream:
+        items.append(item)
+        if isinstance(item, Batch) and not service.broker.closed:
+            service.broker.close(EndReason.SHUTDOWN)  # mid-replay: more pages were to come
+        if isinstance(item, End):
+            break
+    replayed = [event.id for item in items if isinstance(item, Batch)
+                for bundle in item.bundles for event in bundle.events]
+    assert replayed and replayed[-1] < service.store.head_id()
+    assert items[-1] == End(EndReason.SHUTDOWN, replayed[-1])

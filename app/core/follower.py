@@ -30,9 +30,9 @@ QUIET_SECONDS = 5.0
 class Follower:
     def __init__(self, store: Store, broker: Broker, poll_seconds: float,
                  retention_seconds: float, expired: Callable[[int], None],
-                 offload: Callable[..., Any]) -> None:
+                 background: Callable[[Callable[[], Any]], None]) -> None:
         self.store = store
-        self._offload = offload  # runs file work off the event loop
+        self._background = background  # starts file work off the event loop
         self.broker = broker
         self.poll_seconds = poll_seconds
         self.retention_seconds = retention_seconds
@@ -45,6 +45,7 @@ class Follower:
         self._stopped = False
         self._audible = False  # the store was asked to wake this process for others' commits
         self._quiet_since: float | None = None
+        self._hearing = threading.Lock()
 
     def ensure_running(self) -> None:
         """Start the follower in this process if it is not running here yet.
@@ -68,16 +69,19 @@ class Follower:
     def listen(self) -> None:
         """A stream is about to open where none is: other processes' commits wake this one
         again, and the broker starts from the log's head, which nobody followed meanwhile."""
-        self._quiet_since = None
-        if not self._audible:
-            self.store.audible(True)
-            self._audible = True
+        self._hear_others(True)
         self.broker.skip_to(self.store.head_id())
 
     def committed(self, events: list[Event]) -> None:
         """A commit of this process logged ``events``. They are published at once, by the
-        writer, when they follow what was published last; otherwise the log is read."""
-        if not self.broker.publish_next(events):
+        writer, when they follow what was published last; otherwise (or should publishing
+        fail: the commit stands) the log is read."""
+        try:
+            published = self.broker.publish_next(events)
+        except Exception:
+            log.exception("publishing a commit failed; the log will be read instead")
+            published = False
+        if not published:
             self.wake()
 
     def stop(self) -> None:
@@ -99,8 +103,9 @@ class Follower:
                     self._expired(expired)
                     self._catch_up()
                 self._maybe_trim()
-                if self.store.checkpoint_due():
-                    self._offload(self.store.checkpoint)
+                checkpoint = self.store.checkpoint()
+                if checkpoint is not None:
+                    self._background(checkpoint)
                 self._quieten()
             except StoreUnavailable as exc:
                 log.warning("event log unavailable, retrying: %s", exc.detail)
@@ -123,13 +128,25 @@ class Follower:
     def _quieten(self) -> None:
         """Once nobody has listened here for ``QUIET_SECONDS``, other processes' commits stop
         waking this one: on a shared core, each such wake-up costs the writer."""
+        since = self._quiet_since
         if len(self.broker):
-            self._quiet_since = None
-        elif self._quiet_since is None:
+            self._hear_others(True)
+        elif since is None:
             self._quiet_since = time.monotonic()
-        elif self._audible and time.monotonic() - self._quiet_since >= QUIET_SECONDS:
-            self.store.audible(False)
-            self._audible = False
+        elif time.monotonic() - since >= QUIET_SECONDS:
+            self._hear_others(False)
+
+    def _hear_others(self, on: bool) -> None:
+        """Under a lock: with threads, a stream may open while the follower quietens (it
+        clears ``_quiet_since`` first, and then the follower leaves the doorbell alone)."""
+        with self._hearing:
+            if on:
+                self._quiet_since = None
+            elif self._quiet_since is None or len(self.broker):
+                return
+            if on is not self._audible:
+                self.store.audible(on)
+                self._audible = on
 
     def _maybe_trim(self) -> None:
         now = time.time()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import replace
+from importlib import import_module
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..settings import Settings
@@ -46,8 +47,11 @@ class Service:
         self._store: Store | None = None
         self._follower: Follower | None = None
         self._vectors: VectorMemory | None = None
-        #: how vector searches run; a server adapter can hand them to a thread pool
+        #: how CPU and file work runs while the caller waits (vector searches), and how work
+        #: nobody waits for starts (checkpoints): a server adapter whose requests share one
+        #: thread's event loop hands both to a thread pool
         self.offload: Callable[..., Any] = _here
+        self.background: Callable[[Callable[[], Any]], Any] = _here
 
     @property
     def store(self) -> Store:
@@ -62,9 +66,10 @@ class Service:
 
     @property
     def vectors(self) -> VectorMemory:
-        """Vector memory, loaded on first use (numpy is no small import)."""
+        """Vector memory, loaded on first use: numpy is no small import, and it is imported
+        off the event loop, where the searches run."""
         if self._vectors is None:
-            from .vectors import VectorMemory
+            VectorMemory = self.offload(import_module, f"{__package__}.vectors").VectorMemory
             with self._opening:
                 if self._vectors is None:
                     self._vectors = VectorMemory(lambda: self.store, self.settings.vector_metric,
@@ -80,7 +85,7 @@ class Service:
                     self._follower = Follower(
                         store, self.broker, self.settings.poll_seconds or store.poll_seconds,
                         self.settings.retention_hours * 3600.0, self.metrics.published.inc,
-                        lambda function, *args: self.offload(function, *args))
+                        lambda work: self.background(work))
         return self._follower
 
     # -- memory ------------------------------------------------------------------------------

@@ -115,11 +115,18 @@ class Stream:
             yield frame(Opened())
             reset = None
             if self.last_event_id is not None:
+                subscriber.hold(self.last_event_id)
                 reset = yield from self._replay(subscriber, frame)
-                if reset is not None and not self.snapshot:
+                if reset is not None and self.snapshot:
+                    yield from self._snapshot(subscriber, frame)
+                elif reset is not None:
+                    subscriber.release()  # the client hears of the gap, and goes on live
                     yield frame(reset)
-            if self.snapshot and (self.last_event_id is None or reset is not None):
+            elif self.snapshot:
+                subscriber.hold(0)  # it has nothing: the log from its start brings it all
                 yield from self._snapshot(subscriber, frame)
+            if subscriber.ended is None:  # else it ends where the client stood
+                subscriber.release()
             # Live, in this frame rather than a generator of its own: an idle stream keeps its
             # whole stack while it waits, and each level costs memory.
             heartbeat = self.settings.heartbeat_seconds
@@ -197,12 +204,11 @@ class Stream:
         records when the values are large. A record whose version is newer than N changed
         after N, so it is left out: the live events after N, which the stream sends next,
         carry its change. A stream that ends before the snapshot is whole tells the client
-        to resume from where it stood before, or from 0, the start of the log, when it had
-        nothing: the log brings it up to date, or, where it was trimmed, a new snapshot.
+        to resume from where it stood before (``hold``): the log brings it up to date, or,
+        where it was trimmed, a new snapshot.
         """
         position = self.store.head_id()
-        held = subscriber.sent_id if subscriber.sent_id is not None else self.last_event_id
-        subscriber.snapshot_from(position, held or 0)
+        subscriber.skip_through(position)
         after, limit = None, FIRST_PAGE
         while subscriber.ended is None:
             page = self.store.records(self.selection.log, after, limit)
@@ -216,4 +222,5 @@ class Stream:
             limit = next_page(len(page), sum(len(r.data) for r in page), SNAPSHOT_PAGE)
         if subscriber.ended is None:
             yield frame(SnapshotEnd(position))
-            subscriber.snapshot_sent()
+            subscriber.release()
+            subscriber.wrote()

@@ -48,7 +48,7 @@ class Subscriber:
         self.transport = transport
         self._floor = start_id  # events up to here are not for this stream
         self._sent_id: int | None = None  # the newest event written to it
-        self._held: int | None = None  # where the client resumes while a snapshot is under way
+        self._held: int | None = None  # where the client stood, while a replay or snapshot runs
         self._wrote_at = time.monotonic()
         self._max_events = max_events
         self._max_bytes = max_bytes
@@ -67,16 +67,22 @@ class Subscriber:
     @property
     def last_id(self) -> int:
         """Where the client resumes: the newest event it was sent, or the floor when that is
-        newer (a snapshot after a replay reflects more than the events it replayed); while a
-        snapshot is under way, where the client was before it."""
+        newer (a snapshot after a replay reflects more than the events it replayed). While a
+        replay or a snapshot is under way the floor does not count yet: the client has only
+        what it had before, and what was sent since."""
         if self._held is not None:
-            return self._held
+            return self._held if self._sent_id is None else max(self._held, self._sent_id)
         return self._floor if self._sent_id is None else max(self._floor, self._sent_id)
 
-    @property
-    def sent_id(self) -> int | None:
-        """The newest event written to the client, if any."""
-        return self._sent_id
+    def hold(self, at: int) -> None:
+        """A replay or a snapshot begins: until ``release``, the client would resume from
+        ``at`` (or the newest event sent since), not from the floor."""
+        if self._held is None:
+            self._held = at
+
+    def release(self) -> None:
+        """The replay or snapshot is complete: the floor counts again."""
+        self._held = None
 
     @property
     def wrote_at(self) -> float:
@@ -87,16 +93,6 @@ class Subscriber:
         """Events up to ``event_id`` reached the client another way (a replay)."""
         self._floor = max(self._floor, event_id)
 
-    def snapshot_from(self, position: int, resume_at: int) -> None:
-        """A snapshot as of ``position`` begins: live events up to it are not for the client,
-        which, until the snapshot is complete, still resumes from ``resume_at``."""
-        self.skip_through(position)
-        self._held = resume_at
-
-    def snapshot_sent(self) -> None:
-        """The whole snapshot was written: the client now stands at its position."""
-        self._held = None
-        self.wrote()
 
     def sent(self, bundles: list[Bundle], replayed: bool = False) -> None:
         """``bundles`` were written to the client; replayed ones are old, and their age is no

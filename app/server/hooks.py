@@ -5,7 +5,7 @@ config file gives an app that embeds the service the same behaviour as ``gunicor
   unless you set it);
 * enough open files for ``worker_connections`` streams;
 * under the gevent worker, direct writes to waiting streams, closes noticed at once, and
-  vector searches and index builds run in a thread, off the event loop;
+  vector searches, index builds and SQLite checkpoints run in a thread, off the event loop;
 * on SIGTERM, every stream ends at once with a final ``shutdown`` frame, and so does every
   stream opened while the worker stops.
 
@@ -73,8 +73,9 @@ def post_worker_init(worker: Any) -> None:
         worker.memory_events_idle = idle = weakref.WeakSet()
         worker.wsgi = with_peers(worker.wsgi, idle.discard)
         pool = gevent.get_hub().threadpool
-        for service in services:  # numpy scores in a thread while the loop serves the rest
+        for service in services:  # numpy scores, SQLite checkpoints, in threads
             service.offload = lambda function, *args: pool.apply(function, args)
+            service.background = pool.spawn
     stop_worker = worker.handle_exit
 
     def close() -> None:

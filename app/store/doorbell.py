@@ -41,6 +41,7 @@ class Doorbell:
         for name in (LISTENING, IDLE):  # left by an earlier process with the same pid
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._path(name))
+        self._sweep()
         path = self._path(IDLE)
         receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         receiver.bind(path)
@@ -78,8 +79,11 @@ class Doorbell:
             try:
                 self._sender.sendto(b"!", peer)
             except OSError as exc:
-                if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
-                    self._forget(peer)
+                if exc.errno == errno.ECONNREFUSED:  # nobody listens: its process is gone
+                    with contextlib.suppress(OSError):
+                        os.unlink(peer)
+                if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):  # ENOENT: gone quiet
+                    self._peers = [p for p in self._peers if p != peer]
 
     def _list_peers_if_changed(self) -> None:
         """One ``stat`` per ring: the directory changes whenever a process joins or leaves.
@@ -105,10 +109,17 @@ class Doorbell:
         with contextlib.suppress(OSError):
             os.rmdir(self.directory)
 
-    def _forget(self, peer: str) -> None:
-        """A socket nobody listens on any more belongs to a process that is gone."""
-        try:
-            os.unlink(peer)
-        except OSError:
-            pass
-        self._peers = [p for p in self._peers if p != peer]
+    def _sweep(self) -> None:
+        """Remove the sockets of processes that are gone: those that went quiet are never rung,
+        so no refused ring would find them."""
+        for name in os.listdir(self.directory):
+            pid = name.split(".", 1)[0]
+            if not pid.isdigit() or int(pid) == os.getpid():
+                continue
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(self.directory, name))
+            except PermissionError:  # another user's process: alive
+                pass

@@ -126,12 +126,10 @@ class Store(Protocol):
         """Call ``wake`` when another process may have written, and ``committed`` right after
         each commit of this process that logged events, with them in id order."""
 
-    def checkpoint_due(self) -> bool:
-        """Whether ``checkpoint`` has work to do."""
-
-    def checkpoint(self) -> None:
-        """Move what writes left in a write-ahead log into the database: file work that may
-        sync the disk, for the follower to run off the event loop."""
+    def checkpoint(self) -> Callable[[], None] | None:
+        """When it is due, the work of moving what writes left in a write-ahead log into the
+        database: file work that may sync the disk, for the follower to run off the event
+        loop."""
 
     def audible(self, on: bool) -> None:
         """Whether this process wants ``watch``'s ``wake`` for other processes' commits now

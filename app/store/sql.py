@@ -169,12 +169,10 @@ class SqlStore(ABC):
         """Whether other processes' commits should wake this one now; a store that cannot
         choose wakes it either way."""
 
-    def checkpoint_due(self) -> bool:
-        """Whether ``checkpoint`` has work to do (never, where the database does it itself)."""
-        return False
-
-    def checkpoint(self) -> None:
-        """Housekeeping of the database's files that the writes leave to the follower."""
+    def checkpoint(self) -> Callable[[], None] | None:
+        """File work the writes left for later, to run off the event loop, when it is due
+        (never, where the database does it itself)."""
+        return None
 
     @contextmanager
     def _logging(self, expiring: bool = False) -> Iterator[Any]:

@@ -59,7 +59,6 @@ class SqliteStore(SqlStore):
         self._writing = threading.Lock()
         self._write_conn: sqlite3.Connection | None = None
         self._commits = 0  # since the last checkpoint
-        self._checkpointer: sqlite3.Connection | None = None
         with self._write() as cur:
             self._create_schema(cur)
         if not self._in_memory:
@@ -208,17 +207,21 @@ class SqliteStore(SqlStore):
             log.warning("no doorbell at %s (%s); polling every %ss",
                         self._doorbell.directory, exc, self.poll_seconds)
 
-    def checkpoint_due(self) -> bool:
-        return not self._in_memory and self._commits >= CHECKPOINT_COMMITS
+    def checkpoint(self) -> Callable[[], None] | None:
+        if self._in_memory or self._commits < CHECKPOINT_COMMITS:
+            return None
+        self._commits = 0
+        return self._checkpoint
 
-    def checkpoint(self) -> None:
+    def _checkpoint(self) -> None:
         """A passive checkpoint, which waits for no reader or writer. It writes and syncs the
         database file, which would stall the commit that happened to trigger it: the follower
-        runs it off the event loop instead."""
-        self._commits = 0
-        if self._checkpointer is None:  # its own: the pool's locks belong to the event loop
-            self._checkpointer = self._open()
-        self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        has it run off the event loop instead."""
+        conn = self._open()  # its own: the pool's locks are the event loop's
+        try:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        finally:
+            conn.close()
 
     def audible(self, on: bool) -> None:
         if self._doorbell is None:
@@ -235,6 +238,3 @@ class SqliteStore(SqlStore):
                 self._write_conn = None
         for conn in self._pool.drain():
             conn.close()
-        if self._checkpointer is not None:
-            self._checkpointer.close()
-            self._checkpointer = None

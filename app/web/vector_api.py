@@ -44,6 +44,14 @@ MAX_TOP_K = 1000
 DEFAULT_TOP_K = 10
 
 
+def _numpy() -> Any:
+    """numpy, which a server that never sees a vector never loads; the first time, it is
+    imported with vector memory, off the event loop."""
+    current_service().vectors  # noqa: B018  (loading it is the point)
+    import numpy
+    return numpy
+
+
 def _embedding(fields: dict[str, Any], name: str) -> "np.ndarray":
     value = fields.get(name)
     if value is None:
@@ -55,7 +63,7 @@ def _embedding(fields: dict[str, Any], name: str) -> "np.ndarray":
                                          f"{MAX_DIMENSIONS} are allowed.")
     if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value):
         raise Invalid(f"invalid_{name}", f"'{name}' must hold numbers only.")
-    import numpy as np  # here: a server that never sees a vector never loads it
+    np = _numpy()
     try:
         with np.errstate(over="ignore"):
             values = np.asarray(value, dtype=np.float64).astype("<f4")
@@ -86,8 +94,7 @@ def _query_scopes(reading: bool = False) -> list[tuple[str, str]]:
 
 
 def _vector_json(vector: StoredVector) -> str:
-    import numpy as np
-    values = np.frombuffer(vector.embedding or b"", dtype="<f4")
+    values = _numpy().frombuffer(vector.embedding or b"", dtype="<f4")
     return ('{"key":%s,"scope":%s,"scope_id":%s,"embedding":[%s],"metadata":%s,'
             '"created_at":"%s","updated_at":"%s"}'
             % (dump(vector.key), dump(vector.scope), dump(vector.scope_id),
