@@ -321,7 +321,7 @@ def main() -> None:
     parser.add_argument("--no-analyze", dest="analyze", action="store_false",
                         help="search PostgreSQL's freshly filled table without VACUUM ANALYZE")
     parser.add_argument("--blas-threads", help="OPENBLAS_NUM_THREADS for the server (default: "
-                                               "unset, OpenBLAS uses every core)")
+                                               "the server's own, 1)")
     args = parser.parse_args()
     args.sizes = [int(s) for s in args.sizes.split(",") if s]
     stores = [s for s in args.stores.split(",") if s]

@@ -6,6 +6,8 @@ config file gives an app that embeds the service the same behaviour as ``gunicor
 * enough open files for ``worker_connections`` streams;
 * under the gevent worker, direct writes to waiting streams, closes noticed at once, and
   vector searches, index builds and SQLite checkpoints run in a thread, off the event loop;
+* numpy's matrix products on one thread each (``OPENBLAS_NUM_THREADS`` and its kin, unless
+  set);
 * on SIGTERM, every stream ends at once with a final ``shutdown`` frame, and so does every
   stream opened while the worker stops.
 
@@ -27,11 +29,17 @@ from typing import Any, Callable
 __all__ = ["on_starting", "post_worker_init", "post_request", "child_exit", "on_exit"]
 
 MULTIPROC = "PROMETHEUS_MULTIPROC_DIR"
+BLAS_THREADS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 _OWN_DIR = "MEMORY_EVENTS_OWN_METRICS_DIR"
 
 
 def on_starting(server: Any) -> None:
     """In the master, before any worker exists."""
+    # A worker's vector searches run side by side in its thread pool, and several workers on
+    # the cores: BLAS threads on top of those only fight over them (a search's p99 at 10,000
+    # vectors went from 6 ms to 8-17 ms on 2 cores). Set them to override.
+    for variable in BLAS_THREADS:
+        os.environ.setdefault(variable, "1")
     if MULTIPROC not in os.environ:
         os.environ[MULTIPROC] = os.environ[_OWN_DIR] = tempfile.mkdtemp(
             prefix="memory-events-metrics-")
