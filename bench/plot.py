@@ -6,7 +6,8 @@ from pathlib import Path
 from .report import medians
 
 STYLE = {"ours-1w": ("tab:blue", "o"), "ours-2w": ("tab:cyan", "s"), "raw": ("black", "^"),
-         "starlette": ("tab:orange", "D"), "flask-sse": ("tab:red", "v")}
+         "starlette": ("tab:orange", "D"), "flask-sse": ("tab:red", "v"),
+         "bare-wsgi": ("tab:gray", "x"), "bare-flask": ("tab:olive", "P")}
 
 
 def _measured(wanted: list[tuple[int, str]], results: list[dict]) -> list[tuple[int, float]]:
@@ -49,9 +50,9 @@ def plot(rounds: dict[str, list[dict]], labels: dict[str, str], subscribers: tup
     for axes in (left, right):
         axes.grid(True, which="both", alpha=0.3)
     fig.legend(list(handles.values()), [labels[name] for name in handles], loc="lower center",
-               ncol=len(handles), fontsize=8, frameon=False)
+               ncol=min(4, len(handles)), fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.tight_layout(rect=(0, 0.04 * (1 + (len(handles) - 1) // 4) + 0.03, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
