@@ -92,6 +92,9 @@ class Deliveries:
                 if timed:
                     self._sum += add_latencies(self._buckets, bundle.epochs, now,
                                                subscribers)
+
+    def start(self) -> None:
+        """Flush in the background from now on, in this process (a fork has no flusher)."""
         if self._flusher != os.getpid():
             self._flusher = os.getpid()
             threading.Thread(target=self._flush_forever, name="memory-metrics",

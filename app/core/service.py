@@ -150,6 +150,7 @@ class Service:
         """A stream, checked before it starts: a store that is down or a full server is an
         error here, not a stream that ends at once."""
         self.follower.ensure_running()
+        self.metrics.deliveries.start()
         if not len(self.broker):
             self.follower.listen()
         if len(self.broker) >= self.settings.max_streams:

@@ -114,6 +114,8 @@ class Stream:
         try:
             yield frame(Opened())
             reset = None
+            # Until a replay or a snapshot is whole, an end tells the client to resume from
+            # where it stood; each releases that hold once it is.
             if self.last_event_id is not None:
                 subscriber.hold(self.last_event_id)
                 reset = yield from self._replay(subscriber, frame)
@@ -125,8 +127,6 @@ class Stream:
             elif self.snapshot:
                 subscriber.hold(0)  # it has nothing: the log from its start brings it all
                 yield from self._snapshot(subscriber, frame)
-            if subscriber.ended is None:  # else it ends where the client stood
-                subscriber.release()
             # Live, in this frame rather than a generator of its own: an idle stream keeps its
             # whole stack while it waits, and each level costs memory.
             heartbeat = self.settings.heartbeat_seconds
@@ -185,7 +185,7 @@ class Stream:
             return Reset(ResetReason.HISTORY_TRIMMED, store.oldest_id())
         for page in store.read_log(self.selection.log, cursor, upto):
             if subscriber.ended is not None:  # the client left, or the server is stopping
-                break
+                return None
             if store.trimmed_through() > cursor:
                 return Reset(ResetReason.HISTORY_TRIMMED, store.oldest_id())
             cursor = page[-1].id
@@ -195,6 +195,7 @@ class Stream:
         if store.trimmed_through() > self.last_event_id:
             return Reset(ResetReason.HISTORY_TRIMMED, store.oldest_id())
         subscriber.skip_through(self.last_event_id)  # a client ahead of this process's follower
+        subscriber.release()
         return None
 
     def _snapshot(self, subscriber: Subscriber, frame: Callable[[Item], Any]) -> Iterator[Any]:

@@ -93,7 +93,6 @@ class Subscriber:
         """Events up to ``event_id`` reached the client another way (a replay)."""
         self._floor = max(self._floor, event_id)
 
-
     def sent(self, bundles: list[Bundle], replayed: bool = False) -> None:
         """``bundles`` were written to the client; replayed ones are old, and their age is no
         delivery latency."""
@@ -141,7 +140,7 @@ class Subscriber:
         """Write ``bundle`` to the waiting stream; ``REFUSED`` leaves it to the stream."""
         writer = self._writer
         assert writer is not None
-        newer = bundle if bundle.events[0].id > self._floor else bundle.after(self._floor)
+        newer = bundle.after(self._floor)
         if newer is None:
             return TAKEN
         try:
